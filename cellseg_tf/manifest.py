@@ -1,0 +1,139 @@
+"""The data manifest: a CSV of image/mask pairs with a split column, validated on load.
+
+Columns: image, mask, split (train|val|test); optional dataset, modality, fold. Paths are relative to the manifest's
+folder (absolute paths are kept). An image path may address one frame of a multi-page stack as `stack.tif#3`.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+REQUIRED_COLUMNS = ("image", "mask", "split")
+OPTIONAL_COLUMNS = ("dataset", "modality", "fold")
+SPLITS = ("train", "val", "test")
+
+
+class ManifestError(ValueError):
+    """A manifest row or file is invalid; the message names the row and the file."""
+
+
+def split_frame(path: str) -> tuple[str, int | None]:
+    """`'a/stack.tif#3'` -> `('a/stack.tif', 3)`; a path without `#k` -> `(path, None)`."""
+    base, sep, frame = str(path).rpartition("#")
+    if sep and frame.isdigit():
+        return base, int(frame)
+    return str(path), None
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One manifest row with absolute paths. `mask` is None for unlabelled images (prediction only)."""
+
+    image: str
+    mask: str | None
+    split: str
+    row: int
+    dataset: str = ""
+    modality: str = ""
+    fold: int | None = None
+
+    @property
+    def stem(self) -> str:
+        """Output name for this sample: the image file stem, plus `_fK` for stack frame K."""
+        base, frame = split_frame(self.image)
+        stem = Path(base).stem
+        return f"{stem}_f{frame}" if frame is not None else stem
+
+
+def _resolve(root: Path, value: str) -> str:
+    base, frame = split_frame(value)
+    p = Path(base)
+    p = p if p.is_absolute() else (root / p)
+    p = Path(os.path.normpath(p))
+    return f"{p}#{frame}" if frame is not None else str(p)
+
+
+def load_manifest(path: str | os.PathLike) -> list[Sample]:
+    """Read and structurally validate a manifest CSV; returns its rows as `Sample`s with absolute paths.
+
+    Raises ManifestError naming the row and file for: missing columns, missing files, duplicate rows, unknown split.
+    Image/mask sizes are checked by `cellseg_tf.io.open_manifest`, which reads file headers.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"{path}: manifest not found")
+    try:
+        df = pd.read_csv(path, comment="#", dtype=str, keep_default_na=False, skipinitialspace=True)
+    except Exception as exc:  # pandas raises several types for malformed CSV
+        raise ManifestError(f"{path}: cannot parse manifest CSV ({exc})") from exc
+    df.columns = [c.strip() for c in df.columns]
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        raise ManifestError(f"{path}: missing column(s) {missing}; expected header image,mask,split[,dataset,modality,fold]")
+    if df.empty:
+        raise ManifestError(f"{path}: manifest has no rows")
+    root = path.parent
+    samples: list[Sample] = []
+    seen: dict[tuple[str, str], int] = {}
+    for i, rec in enumerate(df.to_dict("records")):
+        row = i + 2  # 1-based, header is line 1 (comment lines are not counted)
+        where = f"{path} row {row}"
+        image_rel, mask_rel = rec["image"].strip(), rec["mask"].strip()
+        split = rec["split"].strip().lower()
+        if split not in SPLITS:
+            raise ManifestError(f"{where}: unknown split {rec['split']!r}; use one of {', '.join(SPLITS)}")
+        if not image_rel:
+            raise ManifestError(f"{where}: empty image path")
+        image = _resolve(root, image_rel)
+        mask = _resolve(root, mask_rel) if mask_rel else None
+        if mask is None and split != "test":
+            raise ManifestError(f"{where}: {image_rel}: a {split} row needs a mask")
+        for p in (image, mask):
+            if p is not None and not Path(split_frame(p)[0]).is_file():
+                raise ManifestError(f"{where}: file not found: {split_frame(p)[0]}")
+        key = (image, mask or "")
+        if key in seen:
+            raise ManifestError(f"{where}: duplicate of row {seen[key]} ({image_rel})")
+        seen[key] = row
+        fold_text = str(rec.get("fold", "")).strip()
+        try:
+            fold = int(fold_text) if fold_text else None
+        except ValueError:
+            raise ManifestError(f"{where}: fold must be an integer, got {fold_text!r}") from None
+        samples.append(Sample(image=image, mask=mask, split=split, row=row,
+                              dataset=str(rec.get("dataset", "")).strip(),
+                              modality=str(rec.get("modality", "")).strip(), fold=fold))
+    return samples
+
+
+def select(samples: list[Sample], split: str | None) -> list[Sample]:
+    """Rows of one split (None = all)."""
+    if split is None:
+        return list(samples)
+    if split not in SPLITS:
+        raise ManifestError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+    return [s for s in samples if s.split == split]
+
+
+def write_manifest(path: str | os.PathLike, rows: list[dict]) -> Path:
+    """Write rows (dicts with image, mask, split, ...) as a manifest CSV; paths are made relative to its folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    out = []
+    for r in rows:
+        r = dict(r)
+        for key in ("image", "mask"):
+            if r.get(key):
+                base, frame = split_frame(r[key])
+                rel = os.path.relpath(os.path.abspath(base), path.parent.resolve())
+                r[key] = f"{rel}#{frame}" if frame is not None else rel
+        out.append(r)
+    cols = list(REQUIRED_COLUMNS) + [c for c in OPTIONAL_COLUMNS if any(c in r for r in out)]
+    df = pd.DataFrame(out, columns=cols)
+    tmp = path.with_name(path.name + ".tmp")
+    df.to_csv(tmp, index=False)
+    os.replace(tmp, path)
+    return path
