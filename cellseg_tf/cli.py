@@ -21,38 +21,113 @@ def cmd_demo(args) -> int:
     return 0
 
 
-def cmd_train(args) -> int:
+def _train_config(args):
+    """TrainConfig from --config (or defaults), then the explicit flags, then --set KEY=VALUE overrides."""
     from .config import TrainConfig
-    from .training import train
 
     config = TrainConfig.load(args.config) if args.config else TrainConfig()
     flags = {"manifest": args.manifest, "out": args.out, "model": args.model, "loss": args.loss, "epochs": args.epochs,
              "patch_size": args.patch_size, "batch_size": args.batch_size, "seed": args.seed,
              "augmentation": args.augmentation, "learning_rate": args.lr, "channels": args.channels,
              "steps_per_epoch": args.steps_per_epoch, "time_budget_s": args.time_budget,
-             "mixed_precision": args.mixed_precision, "verbose": args.verbose}
+             "mixed_precision": args.mixed_precision, "verbose": args.verbose, "optimizer": args.optimizer,
+             "schedule": args.schedule, "early_stopping_patience": args.patience, "strategy": args.strategy,
+             "freeze_encoder_epochs": args.freeze_encoder_epochs,
+             "checkpoint_every_epoch": True if args.checkpoint_every_epoch else None,
+             "tensorboard": True if args.tensorboard else None}
     for key, value in flags.items():
         if value is not None:
             setattr(config, key, value)
+    return config.override(args.set)
+
+
+def cmd_train(args) -> int:
+    from .training import train
+
+    if args.resume:
+        run = Path(args.resume)
+        if not (run / "config.yaml").is_file():
+            raise FileNotFoundError(f"{run}: no config.yaml here; --resume takes the folder of an earlier run")
+        args.config = args.config or str(run / "config.yaml")
+        args.out = str(run)
+    config = _train_config(args)
     if not config.manifest:
         raise SystemExit("cellseg-tf train: --manifest is required (or set manifest: in --config)")
-    result = train(config)
+    result = train(config, resume=bool(args.resume))
     print(f"best_model={result.best_model} best_val_dice={result.best_val_dice:.4f} "
-          f"train_seconds={result.train_seconds:.1f}")
+          f"train_seconds={result.train_seconds:.1f} epochs={len(result.history.get('loss', []))} "
+          f"stop_reason={result.stop_reason}")
     return 0
 
 
+def cmd_cv(args) -> int:
+    from .crossval import format_summary, run_cv
+
+    config = _train_config(args)
+    if not config.manifest:
+        raise SystemExit("cellseg-tf cv: --manifest is required (or set manifest: in --config)")
+    result = run_cv(config, folds=args.folds, out=args.out, resume=args.resume,
+                    use_manifest_folds=not args.ignore_fold_column)
+    print(result.table.to_string(index=False, columns=[c for c in result.table.columns if c != "model"]))
+    for line in format_summary(result.table):
+        print(line)
+    print(f"summary={result.summary_csv} models={result.out / 'models.txt'}")
+    print("ensemble: cellseg-tf predict " + " ".join(f"--model {m}" for m in result.models) + " --input ... --out ...")
+    return 0
+
+
+def _add_train_flags(p) -> None:
+    """Flags shared by `train` and `cv`; each maps onto a TrainConfig field (unset flags keep --config/defaults)."""
+    p.add_argument("--manifest")
+    p.add_argument("--model")
+    p.add_argument("--loss")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--patch-size", type=int)
+    p.add_argument("--batch-size", type=int, help="global batch (split across replicas)")
+    p.add_argument("--steps-per-epoch", type=int)
+    p.add_argument("--augmentation")
+    p.add_argument("--lr", type=float)
+    p.add_argument("--optimizer", help="adam (default) | adamw | sgd")
+    p.add_argument("--schedule", help="constant | exponential | plateau (options via --set schedule_options=...)")
+    p.add_argument("--patience", type=int, help="early-stopping patience in epochs (0 disables)")
+    p.add_argument("--checkpoint-every-epoch", action="store_true", help="also keep RUN/epochs/epoch_NNN.keras")
+    p.add_argument("--tensorboard", action="store_true", help="write RUN/tensorboard/")
+    p.add_argument("--freeze-encoder-epochs", type=int, help="epochs with the encoder frozen before fine-tuning")
+    p.add_argument("--strategy", choices=("auto", "default", "mirrored", "tpu", "multiworker"))
+    p.add_argument("--channels", type=int, choices=(1, 3))
+    p.add_argument("--time-budget", type=float, help="stop after this many seconds of training")
+    p.add_argument("--mixed-precision", choices=("auto", "on", "off"))
+    p.add_argument("--config", help="YAML/JSON TrainConfig; flags override it")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="set any TrainConfig field, VALUE as YAML (repeatable): --set model_options={base_filters: 8}")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--verbose", type=int)
+
+
 def cmd_predict(args) -> int:
-    from .inference import predict_batch, resolve_inputs
+    from .batch_predict import BatchOptions, parse_shard, predict_batch
+    from .inference import resolve_inputs
 
     inputs = resolve_inputs(args.input, args.split)
     if not inputs:
         print(f"cellseg-tf predict: no images found in {args.input}", file=sys.stderr)
         return 1
+    group_weights = {}
+    for item in args.group_weight or []:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--group-weight wants GROUP=W (e.g. z=2), got {item!r}")
+        group_weights[name.strip()] = float(value)
+    floats = lambda text: [float(v) for v in text.split(",")] if text else None  # noqa: E731
+    options = BatchOptions(tiling=args.tiling, vote=args.vote, tta=args.tta, group_weights=group_weights,
+                           model_weights=floats(args.model_weights), model_thresholds=floats(args.model_thresholds),
+                           save_prob=args.save_prob, instances=args.instances, min_size=args.min_size,
+                           overwrite=args.overwrite, shard=parse_shard(args.shard) if args.shard else None)
     result = predict_batch(args.model, inputs, args.out, patch_size=args.patch_size, overlap=args.overlap,
-                           threshold=args.threshold, batch_size=args.batch_size, progress=not args.no_progress)
-    print(f"predicted={result['done']} failed={result['failed']} out={args.out}")
-    return 1 if result["done"] == 0 else 0
+                           threshold=args.threshold, batch_size=args.batch_size or None,
+                           progress=not args.no_progress, options=options)
+    print(f"predicted={result['done']} skipped={result['skipped']} failed={result['failed']} out={args.out}")
+    return 1 if result["failed"] and result["done"] == 0 and result["skipped"] == 0 else 0
 
 
 def cmd_evaluate(args) -> int:
@@ -72,6 +147,29 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_expand(args) -> int:
+    from .expand import expand_dataset
+
+    path, failures = expand_dataset(args.manifest, args.out, variants=args.variants, policy=args.policy,
+                                    seed=args.seed, channels=args.channels, split=args.split,
+                                    include_original=not args.no_original, mask_threshold=args.mask_threshold)
+    for file, reason in failures:
+        print(f"cellseg-tf expand: skipped {file}: {reason}", file=sys.stderr)
+    print(f"manifest={path} failed={len(failures)}")
+    return 0
+
+
+def cmd_stacks(args) -> int:
+    from .stacks import find_stacks, stack_manifest
+
+    pairs = find_stacks(args.folder, args.pattern, args.mask_suffix)
+    if not pairs:
+        raise FileNotFoundError(f"{args.folder}: no files match {args.pattern!r}")
+    path = stack_manifest(args.out, pairs, split=args.split, extract_to=args.extract_to)
+    print(f"manifest={path} stacks={len(pairs)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cellseg-tf", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -85,23 +183,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("train", help="train a model from a manifest")
-    p.add_argument("--manifest")
+    _add_train_flags(p)
     p.add_argument("--out")
-    p.add_argument("--model")
-    p.add_argument("--loss")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--patch-size", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--steps-per-epoch", type=int)
-    p.add_argument("--augmentation")
-    p.add_argument("--lr", type=float)
-    p.add_argument("--channels", type=int, choices=(1, 3))
-    p.add_argument("--time-budget", type=float, help="stop after this many seconds of training")
-    p.add_argument("--mixed-precision", choices=("auto", "on", "off"))
-    p.add_argument("--config", help="YAML/JSON TrainConfig; flags override it")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--verbose", type=int)
+    p.add_argument("--resume", metavar="RUN", help="continue the run in RUN from its last completed epoch")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("cv", help="k-fold cross-validation: one run per fold + summary.csv + models.txt")
+    _add_train_flags(p)
+    p.add_argument("--folds", type=int, default=5, help="k (ignored when the manifest has a fold column)")
+    p.add_argument("--out", required=True, help="CVDIR: fold_<k>/ runs, folds.csv, summary.csv, models.txt")
+    p.add_argument("--resume", action="store_true", help="skip finished folds, continue an interrupted one")
+    p.add_argument("--ignore-fold-column", action="store_true", help="seeded k-fold even if the manifest has folds")
+    p.set_defaults(func=cmd_cv)
 
     p = sub.add_parser("predict", help="tiled (ensemble) prediction over a folder, list file or manifest")
     p.add_argument("--model", action="append", required=True, help="a .keras file; repeat for an ensemble")
@@ -111,7 +204,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patch-size", type=int)
     p.add_argument("--overlap", type=float, default=0.25)
     p.add_argument("--threshold", type=float, default=0.5)
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=8, help="tiles per compiled call; 0 = auto from tile size")
+    p.add_argument("--tiling", choices=("overlap", "grid"), default="overlap",
+                   help="overlap: blended overlapping tiles (no seams); grid: seed 002's non-overlapping patchify grid")
+    p.add_argument("--vote", choices=("soft", "hard"), default="soft",
+                   help="soft: weighted mean probability > threshold; hard: weighted majority of binarised models")
+    p.add_argument("--tta", nargs="?", const="d4", default="none", choices=("none", "flip", "d4"),
+                   help="test-time augmentation: flip (4 flips) or d4 (8 flips/rotations; the default of bare --tta)")
+    p.add_argument("--group-weight", action="append", metavar="GROUP=W",
+                   help="vote weight of every model of a group: z (files named z_*) or standard; default 1")
+    p.add_argument("--model-weights", metavar="W1,W2,...", help="extra per-model weights, in --model order")
+    p.add_argument("--model-thresholds", metavar="T1,T2,...", help="per-model thresholds for --vote hard")
+    p.add_argument("--save-prob", choices=("npy", "tiff"), help="also write OUT/<stem>_prob.npy|.tif (float32)")
+    p.add_argument("--instances", action="store_true",
+                   help="also write OUT/<stem>_instances.tif (uint16 labels: holes filled, small objects removed)")
+    p.add_argument("--min-size", type=int, default=16, help="smallest object kept by --instances, in pixels")
+    p.add_argument("--overwrite", action="store_true", help="recompute images whose outputs already exist")
+    p.add_argument("--shard", metavar="I/N", help="process only shard I of N (1-based), e.g. one per Colab session")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_predict)
 
@@ -121,6 +230,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("expand", help="offline expansion: write K augmented variants per pair + a manifest")
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--out", required=True, help="folder for images/, masks/ and manifest.csv")
+    p.add_argument("--variants", type=int, default=21, help="augmented variants per pair (seed 002: 21)")
+    p.add_argument("--policy", default="brightfield_2stage")
+    p.add_argument("--split", default="train")
+    p.add_argument("--channels", type=int, default=1, choices=(1, 3))
+    p.add_argument("--mask-threshold", type=float, default=0, help="mask pixel > this is foreground (127: anti-aliased)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-original", action="store_true", help="list only the variants, not the original pairs")
+    p.set_defaults(func=cmd_expand)
+
+    p = sub.add_parser("stacks", help="multi-page TIFF stacks (Stacked_*.tif + *_Mask.tif) -> manifest")
+    p.add_argument("--folder", required=True)
+    p.add_argument("--out", required=True, help="manifest CSV to write")
+    p.add_argument("--pattern", default="Stacked_*.tif*")
+    p.add_argument("--mask-suffix", default="_Mask")
+    p.add_argument("--split", default="train")
+    p.add_argument("--extract-to", help="write each frame as its own TIFF here instead of addressing stack.tif#k")
+    p.set_defaults(func=cmd_stacks)
     return parser
 
 

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import yaml
 
+STRATEGIES = ("auto", "default", "mirrored", "tpu", "multiworker")
+
 
 @dataclass
 class TrainConfig:
@@ -34,6 +36,25 @@ class TrainConfig:
     mixed_precision: str = "auto"      # auto | on | off
     seed: int = 0
     verbose: int = 1
+    # --- optimiser and learning-rate schedule (cellseg_tf.schedules registries) ---
+    optimizer: str = "adam"            # adam | adamw | sgd
+    optimizer_options: dict = field(default_factory=dict)
+    schedule: str = "constant"         # constant | exponential (staircase, seed 002) | plateau (ReduceLROnPlateau)
+    schedule_options: dict = field(default_factory=dict)  # e.g. {decay_steps: 9000, decay_rate: 0.9}
+    # --- callbacks ---
+    checkpoint_every_epoch: bool = False  # also keep RUN/epochs/epoch_XXX.keras (choose ensemble members later)
+    tensorboard: bool = False             # write RUN/tensorboard/ event files
+    # --- encoder freeze / fine-tune schedule (0 = off) ---
+    freeze_encoder_epochs: int = 0        # train N epochs with the encoder frozen, then unfreeze it
+    fine_tune_layers: int = 0             # weighted encoder layers to unfreeze, deepest first (0 = all)
+    fine_tune_lr_factor: float = 0.1      # learning rate after unfreezing = learning_rate × this
+    encoder_layers: list = field(default_factory=lambda: ["enc*", "encoder*", "backbone*"])  # name patterns
+    # --- distribution ---
+    strategy: str = "auto"                # auto | default | mirrored | tpu | multiworker
+    # --- patch sampling (cellseg_tf.sampling; both off by default) ---
+    sampling_weights: dict = field(default_factory=dict)  # rare-foreground oversampling, e.g. {small: 4, large: 2}
+    hard_mining: bool = False             # re-weight patch draws by last epoch's per-patch loss (seed 002)
+    hard_mining_options: dict = field(default_factory=dict)  # max_patches, mix, power, every
 
     def validate(self) -> "TrainConfig":
         if self.patch_size < 16 or self.patch_size % 16:
@@ -46,6 +67,18 @@ class TrainConfig:
             raise ValueError(f"mixed_precision must be auto, on or off, got {self.mixed_precision!r}")
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if self.learning_rate <= 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.freeze_encoder_epochs < 0 or self.fine_tune_layers < 0:
+            raise ValueError("freeze_encoder_epochs and fine_tune_layers must be >= 0")
+        if not 0 < self.fine_tune_lr_factor <= 1:
+            raise ValueError(f"fine_tune_lr_factor must be in (0, 1], got {self.fine_tune_lr_factor}")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
+        for key in ("model_options", "loss_options", "optimizer_options", "schedule_options", "sampling_weights",
+                    "hard_mining_options"):
+            if not isinstance(getattr(self, key), dict):
+                raise ValueError(f"{key} must be a mapping, got {getattr(self, key)!r}")
         return self
 
     def to_dict(self) -> dict:
@@ -63,11 +96,24 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - names
+        """Build from a mapping; values are coerced to each field's type (YAML reads `1e-4` as a string)."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = set(data) - set(fields)
         if unknown:
-            raise ValueError(f"unknown config key(s) {sorted(unknown)}; known: {sorted(names)}")
-        return cls(**data)
+            raise ValueError(f"unknown config key(s) {sorted(unknown)}; known: {sorted(fields)}")
+        defaults = cls()
+        return cls(**{k: _coerce(k, v, getattr(defaults, k)) for k, v in data.items()})
+
+    def override(self, assignments: "list[str] | None") -> "TrainConfig":
+        """Apply `KEY=VALUE` strings in place (VALUE parsed as YAML: `schedule_options={decay_steps: 100}`)."""
+        fields = {f.name for f in dataclasses.fields(self)}
+        for text in assignments or []:
+            key, sep, value = text.partition("=")
+            key = key.strip().replace("-", "_")
+            if not sep or key not in fields:
+                raise ValueError(f"bad override {text!r}: expected KEY=VALUE with KEY one of {sorted(fields)}")
+            setattr(self, key, _coerce(key, yaml.safe_load(value) if value.strip() else "", getattr(self, key)))
+        return self
 
     @classmethod
     def load(cls, path: str | Path) -> "TrainConfig":
@@ -80,3 +126,31 @@ class TrainConfig:
         if not isinstance(data, dict):
             raise ValueError(f"{path}: config must be a mapping of field: value")
         return cls.from_dict(data)
+
+
+def _coerce(key: str, value, default):
+    """Cast `value` to the type of the field's default; a clear error when it cannot be."""
+    if value is None or isinstance(default, str) and isinstance(value, str):
+        return value
+    try:
+        if isinstance(default, bool):
+            if isinstance(value, str):
+                if value.strip().lower() not in ("true", "false", "yes", "no", "1", "0", "on", "off"):
+                    raise ValueError(value)
+                return value.strip().lower() in ("true", "yes", "1", "on")
+            return bool(value)
+        if isinstance(default, int):
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if isinstance(default, float):
+            return float(value)
+        if isinstance(default, str):
+            return str(value)
+        if isinstance(default, dict) and not isinstance(value, dict):
+            raise ValueError(value)
+        if isinstance(default, list):
+            return [value] if isinstance(value, str) else list(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"config field {key}: cannot use {value!r} as {type(default).__name__}") from None
+    return value

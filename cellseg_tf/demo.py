@@ -33,16 +33,23 @@ def write_overlays(pred_dir: Path, samples, out_dir: Path) -> list[Path]:
 
 def run_demo(out: str | os.PathLike = "runs/demo", n_images: int = 16, image_size: int = 256, epochs: int = 12,
              patch_size: int = 128, batch_size: int = 8, steps_per_epoch: int = 0, seed: int = 0,
-             verbose: int = 1) -> dict:
-    """Run the whole pipeline on a synthetic set; returns (and writes to OUT/summary.json) the summary."""
+             verbose: int = 1, manifest: str | os.PathLike | None = None) -> dict:
+    """Run the whole pipeline and return (and write to OUT/summary.json) the summary.
+
+    With `manifest=None` a synthetic fluorescence-nuclei set of `n_images` is generated into OUT/data; otherwise the
+    given manifest's train/val rows train the model and its test rows are predicted and scored.
+    """
     out = Path(out)
     t_start = time.perf_counter()
-    manifest = make_dataset(out / "data", n_images=n_images, shape=(image_size, image_size), seed=seed)
+    if manifest is None:
+        manifest = make_dataset(out / "data", n_images=n_images, shape=(image_size, image_size), seed=seed)
     config = TrainConfig(manifest=str(manifest), out=str(out / "run"), epochs=epochs, patch_size=patch_size,
                          batch_size=batch_size, steps_per_epoch=steps_per_epoch, seed=seed, verbose=verbose)
     result = train(config)
     samples = open_manifest(manifest)
     test = select(samples, "test")
+    if not test:
+        raise ValueError(f"{manifest}: no split=test rows to predict and score")
     pred_dir = out / "predictions"
     predict_batch([str(result.best_model)], [s.image for s in test], pred_dir, progress=verbose > 0)
     report = evaluate_folder(pred_dir, test)

@@ -1,30 +1,54 @@
-"""Tiled (ensemble) prediction: full-size probability maps from any number of `.keras` models.
+"""Tiled ensemble prediction: full-size vote maps from any number of `.keras` models, streamed in bands of tiles.
 
-Images are normalised like in training, reflect-padded to at least one tile, cut into overlapping fixed-size tiles
-(fixed size sidesteps Keras' retracing trap with bilinear UpSampling2D), predicted in batches by all models at once,
-averaged, and blended back with a smooth window so there are no seams.
+An image is normalised like in training (per-channel 2/98 percentile stretch), padded (reflect), cut into fixed-size
+tiles (a fixed size sidesteps Keras' retracing trap with bilinear UpSampling2D), and all ensemble members predict
+each batch of tiles inside one compiled function (`ensemble.build_tile_fn`). Tiles are processed band by band (a few
+tile rows at a time) and finished rows are handed to a callback, so memory grows with the image width, never with
+models × tiles. TIFFs are read with rasterio windowed reads, so an 8192×8192 16-bit image never sits in memory as
+float.
+
+Tilings: "overlap" (default) — tiles overlap by `overlap`·P px, are blended with a raised-cosine window and the
+image is reflect-padded by half the overlap on every side, so there are no seams and borders get context;
+"grid" — seed 002's patchify-style non-overlapping grid, the image reflect-padded at the bottom/right to a multiple
+of P.
+
+Normalisation of huge images: the 2/98 percentiles are computed exactly on images up to `EXACT_PERCENTILE_PX`
+pixels (same numbers as training). Larger images are read in row windows: 8/16-bit integer images get an exact
+per-channel histogram (so the percentiles are still exact, up to float32 rounding), float images use every s-th
+pixel in each direction (s chosen so at most ~4 M pixels are sampled), a sample whose percentiles differ from the
+full image's by a negligible amount for microscopy images.
 """
 from __future__ import annotations
 
-import csv
+import contextlib
+import math
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
 
-from .io import ImageReadError, list_images, open_manifest, read_image, write_png
-from .manifest import select
-from .preprocessing import pad_to_multiple, percentile_normalize
-from .tiling import TileAccumulator, blend_window, tile_origins
+from .ensemble import TTA_MODES, VOTES, binarize, build_tile_fn, member_weights, normalize_weights
+from .io import IMAGE_EXT, TIFF_EXT, ImageReadError, list_images, open_manifest, read_image, to_channels
+from .manifest import select, split_frame
+from .tiling import axis_origins, blend_window
+
+EXACT_PERCENTILE_PX = 1 << 22      # <= 4 MP: exact np.percentile, identical to training's percentile_normalize
+SAMPLE_PX = 1 << 22                # float images above the limit: strided sample of about this many pixels
+STREAM_MIN_PX = 1 << 22            # TIFFs larger than this are read in row windows instead of whole
+BAND_BYTES = 32 << 20              # float32 budget of one band of padded rows (the band is read, tiled, blended)
+AUTO_BATCH_PX = 1 << 19            # batch_size=None: about this many tile pixels (× TTA copies) per call
+TILINGS = ("overlap", "grid")
 
 
-def load_models(paths: list[str | os.PathLike]) -> list:
+def load_models(paths: Sequence[str | os.PathLike]) -> list:
     """Load `.keras` models in safe mode (custom objects are registered by importing our modules)."""
     import keras
 
-    from . import losses, metrics  # noqa: F401  (register custom objects)
+    from . import losses, metrics, models as _models  # noqa: F401  (register custom objects and layers)
 
     models = []
     for p in paths:
@@ -37,83 +61,418 @@ def load_models(paths: list[str | os.PathLike]) -> list:
     return models
 
 
+# ----------------------------------------------------------------------------------------------- normalisation
+def _np_percentile_from_counts(values: np.ndarray, cum: np.ndarray, q: float) -> np.float32:
+    """numpy's default ('linear') percentile of a sample given as sorted distinct `values` and cumulative counts."""
+    n = int(cum[-1])
+    virtual = (n - 1) * (q / 100.0)
+    lo_i = math.floor(virtual)
+    gamma = virtual - lo_i
+    hi_i = min(lo_i + 1, n - 1)
+    a = np.float32(values[np.searchsorted(cum, lo_i, side="right")])
+    b = np.float32(values[np.searchsorted(cum, hi_i, side="right")])
+    diff = np.float32(b - a)
+    return np.float32(b - diff * np.float32(1 - gamma)) if gamma >= 0.5 else np.float32(a + diff * np.float32(gamma))
+
+
+class PercentileEstimator:
+    """Streaming per-channel percentiles of an (H, W, C) image fed in row windows (see the module docstring)."""
+
+    def __init__(self, shape: tuple[int, int, int], dtype, sample_px: int = SAMPLE_PX):
+        self.channels = shape[2]
+        self.dtype = np.dtype(dtype)
+        self.hist = self.dtype.kind in "ui" and self.dtype.itemsize <= 2
+        self.stride = max(1, math.ceil(math.sqrt(shape[0] * shape[1] / sample_px)))
+        self.offset = -int(np.iinfo(self.dtype).min) if self.hist else 0
+        self.counts = [np.zeros(1 << (8 * self.dtype.itemsize), np.int64) for _ in range(self.channels)] \
+            if self.hist else None
+        self.samples: list[np.ndarray] = []
+
+    def update(self, rows: np.ndarray, r0: int) -> None:
+        """rows: (n, W, C) native dtype, the image rows starting at row r0."""
+        if self.hist:
+            for c in range(self.channels):
+                self.counts[c] += np.bincount(rows[..., c].ravel().astype(np.int64) + self.offset,
+                                              minlength=len(self.counts[c]))
+        else:
+            first = (-r0) % self.stride
+            sample = np.asarray(rows[first::self.stride, ::self.stride], np.float32)
+            self.samples.append(sample.reshape(-1, self.channels))
+
+    def result(self, low: float, high: float) -> tuple[np.ndarray, np.ndarray]:
+        """(lo, hi) per channel, each (C,) float32."""
+        if not self.hist:
+            sample = np.concatenate(self.samples)
+            return (np.percentile(sample, low, axis=0).astype(np.float32),
+                    np.percentile(sample, high, axis=0).astype(np.float32))
+        lo, hi = [], []
+        for counts in self.counts:
+            nz = np.flatnonzero(counts)
+            values, cum = nz - self.offset, np.cumsum(counts[nz])
+            lo.append(_np_percentile_from_counts(values, cum, low))
+            hi.append(_np_percentile_from_counts(values, cum, high))
+        return np.array(lo, np.float32), np.array(hi, np.float32)
+
+
+def intensity_range(image: np.ndarray, low: float = 2.0, high: float = 98.0) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel (lo, hi) percentiles of an (H, W, C) image, each (C,) float32; exact up to EXACT_PERCENTILE_PX."""
+    if not 0 <= low < high <= 100:
+        raise ValueError(f"percentiles must satisfy 0 <= low < high <= 100, got {low}, {high}")
+    h, w, c = image.shape
+    if h * w <= EXACT_PERCENTILE_PX:
+        x = np.asarray(image, np.float32)
+        return (np.percentile(x, low, axis=(0, 1)).astype(np.float32),
+                np.percentile(x, high, axis=(0, 1)).astype(np.float32))
+    est = PercentileEstimator(image.shape, image.dtype)
+    step = max(1, (64 << 20) // max(1, w * c * 8))
+    for r0 in range(0, h, step):
+        est.update(image[r0:r0 + step], r0)
+    return est.result(low, high)
+
+
+def normalize_rows(rows: np.ndarray, lo: np.ndarray, hi: np.ndarray, eps: float = 1e-6) -> np.ndarray:
+    """(n, W, C) any dtype -> float32 in [0, 1], `(x - lo) / (hi - lo)` clipped; like `percentile_normalize`."""
+    scale = np.where(hi - lo > eps, hi - lo, np.inf).astype(np.float32)
+    return np.clip((np.asarray(rows, np.float32) - lo) / scale, 0.0, 1.0).astype(np.float32)
+
+
+# ------------------------------------------------------------------------------------------------ TIFF windows
+class TiffRowReader:
+    """Windowed reads of a (multi-page) TIFF as (n, W, channels) native-dtype rows; use as a context manager.
+
+    Applies `io.to_channels` and the NaN check per window; GDAL's block cache is capped so it does not grow RSS.
+    """
+
+    def __init__(self, path: str, channels: int):
+        self.path, self.channels = str(path), channels
+        self.read_seconds = 0.0
+        self._stack = contextlib.ExitStack()
+
+    def __enter__(self) -> "TiffRowReader":
+        import rasterio
+        from rasterio.errors import NotGeoreferencedWarning
+
+        base, frame = split_frame(self.path)
+        if not Path(base).is_file():
+            raise ImageReadError(f"{base}: file not found")
+        target = base if frame is None else f"GTIFF_DIR:{frame + 1}:{base}"
+        self._stack.enter_context(warnings.catch_warnings())
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        self._stack.enter_context(rasterio.Env(GDAL_CACHEMAX=64))
+        try:
+            self.src = self._stack.enter_context(rasterio.open(target))
+        except Exception as exc:
+            self._stack.close()
+            raise ImageReadError(f"{self.path}: cannot read TIFF ({exc})") from exc
+        self.height, self.width = self.src.height, self.src.width
+        self.dtype = np.dtype(self.src.dtypes[0])
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stack.close()
+
+    def read(self, r0: int, r1: int) -> np.ndarray:
+        from rasterio.windows import Window
+
+        t0 = time.perf_counter()
+        try:
+            data = self.src.read(window=Window(0, r0, self.width, r1 - r0))
+        except Exception as exc:
+            raise ImageReadError(f"{self.path}: cannot read rows {r0}-{r1} ({exc})") from exc
+        rows = to_channels(np.moveaxis(data, 0, -1), self.channels, self.path)
+        if rows.dtype.kind == "f" and not np.isfinite(rows).all():
+            raise ImageReadError(f"{self.path}: image contains NaN or Inf values")
+        self.read_seconds += time.perf_counter() - t0
+        return rows
+
+    def intensity_range(self, low: float, high: float, rows_per_read: int = 512) -> tuple[np.ndarray, np.ndarray]:
+        """Per-channel (lo, hi) from one streamed pass (exact histogram for ≤16-bit ints, else a strided sample)."""
+        est = PercentileEstimator((self.height, self.width, self.channels), self.dtype)
+        for r0 in range(0, self.height, rows_per_read):
+            est.update(self.read(r0, min(self.height, r0 + rows_per_read)), r0)
+        return est.result(low, high)
+
+
+# ------------------------------------------------------------------------------------------------- predictor
+@dataclass
+class _Layout:
+    """Where the tiles of an (h, w) image go: padded-grid tile origins and padded -> source index maps."""
+
+    h: int
+    w: int
+    top: int
+    left: int
+    row_map: np.ndarray   # (H',) source row of each padded row (numpy 'symmetric' reflection)
+    col_map: np.ndarray   # (W',)
+    ys: list[int]
+    xs: list[int]
+    cov_y: np.ndarray     # (H',) float32 summed 1-D window weights, so the blend weight is outer(cov_y, cov_x)
+    cov_x: np.ndarray     # (W',)
+
+
 @dataclass
 class Predictor:
-    """Averages the sigmoid outputs of `models` over overlapping tiles of `patch_size` px.
+    """All `models` vote on fixed-size tiles of `patch_size` px; returns (H, W) float32 vote maps.
 
-    overlap: fraction of the tile shared with its neighbour (0 <= overlap < 1).
+    overlap: fraction of the tile shared with its neighbour (0 <= overlap < 1; tiling="overlap" only).
+    batch_size: tiles per compiled call (None or 0: AUTO_BATCH_PX / (P² · TTA copies)); halved on out-of-memory.
+    weights: per-model vote weights (normalised); `Predictor.from_files` derives them from `z_` groups.
+    vote: "soft" | "hard"; threshold: soft-vote threshold and default per-model threshold of the hard vote.
+    model_thresholds: optional per-model thresholds for the hard vote. tta: "none" | "flip" | "d4".
     """
 
     models: list
     patch_size: int | None = None
     overlap: float = 0.25
-    batch_size: int = 8
+    batch_size: int | None = 8
     norm_low: float = 2.0
     norm_high: float = 98.0
+    tiling: str = "overlap"
+    vote: str = "soft"
+    threshold: float = 0.5
+    weights: Sequence[float] | None = None
+    model_thresholds: Sequence[float] | None = None
+    tta: str = "none"
+    names: Sequence[str] | None = None
     _fn: object = field(default=None, init=False, repr=False)
 
     def __post_init__(self):
         if not self.models:
             raise ValueError("no models given")
-        shapes = {tuple(m.inputs[0].shape[1:]) for m in self.models}
-        channels = {s[-1] for s in shapes}
-        if len(channels) != 1:
-            raise ValueError(f"models expect different channel counts {sorted(channels)}; ensemble needs one")
-        self.channels = channels.pop()
-        sizes = {s[0] for s in shapes if s[0] is not None}
-        if self.patch_size is None:
-            if len(sizes) > 1:
-                raise ValueError(f"models were built for different tile sizes {sorted(sizes)}; pass patch_size")
-            self.patch_size = sizes.pop() if sizes else 256
+        if self.tiling not in TILINGS:
+            raise ValueError(f"tiling must be one of {', '.join(TILINGS)}, got {self.tiling!r}")
+        if self.vote not in VOTES:
+            raise ValueError(f"vote must be one of {', '.join(VOTES)}, got {self.vote!r}")
+        if self.tta not in TTA_MODES:
+            raise ValueError(f"tta must be one of {', '.join(TTA_MODES)}, got {self.tta!r}")
         if not 0 <= self.overlap < 1:
             raise ValueError(f"overlap must be in [0, 1), got {self.overlap}")
-        self.overlap_px = int(round(self.overlap * self.patch_size))
-        self.window = blend_window(self.patch_size, self.overlap_px)
+        names = list(self.names) if self.names else [getattr(m, "name", f"model{i}") for i, m in enumerate(self.models)]
+        self._check_shapes(names)
+        self.weights = normalize_weights(np.ones(len(self.models)) if self.weights is None else self.weights)
+        if len(self.weights) != len(self.models):
+            raise ValueError(f"got {len(self.weights)} weights for {len(self.models)} models")
+        thresholds = self.model_thresholds if self.model_thresholds is not None else [self.threshold] * len(self.models)
+        if len(thresholds) != len(self.models):
+            raise ValueError(f"got {len(thresholds)} per-model thresholds for {len(self.models)} models")
+        self.model_thresholds = [float(t) for t in thresholds]
+        self.overlap_px = 0 if self.tiling == "grid" else int(round(self.overlap * self.patch_size))
+        ramp = np.sqrt(np.diagonal(blend_window(self.patch_size, self.overlap_px))) if self.overlap_px else \
+            np.ones(self.patch_size)
+        self.ramp = ramp.astype(np.float32)            # 1-D profile of tiling.blend_window
+        self.window = np.outer(self.ramp, self.ramp)   # (P, P); separable: summed weights = outer(cov_y, cov_x)
+        n_tta = len(TTA_MODES[self.tta])
+        if not self.batch_size:
+            self.batch_size = int(min(64, max(1, AUTO_BATCH_PX // (self.patch_size ** 2 * n_tta))))
+        self.last_tile_count = 0
         self._fn = self._compile()
+
+    @classmethod
+    def from_files(cls, paths: Sequence[str | os.PathLike], group_weights: dict[str, float] | None = None,
+                   model_weights: Sequence[float] | None = None, **options) -> "Predictor":
+        """Load `.keras` files and weight them by seed 002's groups (`z_*` vs standard) × optional own weights."""
+        weights = member_weights(paths, group_weights, model_weights)
+        return cls(load_models(paths), weights=weights, names=[str(p) for p in paths], **options)
+
+    def _check_shapes(self, names: list[str]) -> None:
+        shapes = [tuple(m.inputs[0].shape[1:]) for m in self.models]
+        channels = {s[-1] for s in shapes}
+        if len(channels) != 1 or None in channels:
+            listing = "; ".join(f"{n}: {s[-1]}" for n, s in zip(names, shapes))
+            raise ValueError(f"ensemble models must expect the same number of channels, got {listing}")
+        self.channels = channels.pop()
+        for n, s in zip(names, shapes):
+            if s[0] != s[1]:
+                raise ValueError(f"{n}: model input is {s[0]}×{s[1]}; tiles are square, use a square-input model")
+        fixed = {n: s[0] for n, s in zip(names, shapes) if s[0] is not None}
+        sizes = set(fixed.values())
+        if len(sizes) > 1:
+            listing = "; ".join(f"{n}: {p} px" for n, p in fixed.items())
+            raise ValueError(f"ensemble models were saved for different tile sizes ({listing}); vote only models "
+                             "trained with the same patch size, or run them as separate ensembles")
+        if self.patch_size is None:
+            self.patch_size = sizes.pop() if sizes else 256
+        elif sizes and self.patch_size not in sizes:
+            raise ValueError(f"patch_size={self.patch_size} but the models take {sizes.pop()} px tiles; "
+                             "omit patch_size to use the models' own size")
 
     def _compile(self):
         import keras
 
-        models = self.models
-
-        def ensemble(x):
-            outs = [m(x, training=False) for m in models]
-            return keras.ops.mean(keras.ops.stack([keras.ops.cast(o, "float32") for o in outs]), axis=0)
-
+        fn = build_tile_fn(self.models, self.weights, self.vote, self.model_thresholds, self.tta)
         if keras.backend.backend() == "tensorflow":
             import tensorflow as tf
 
             sig = tf.TensorSpec((None, self.patch_size, self.patch_size, self.channels), tf.float32)
-            return tf.function(ensemble, input_signature=[sig], reduce_retracing=True)
-        return ensemble
+            return tf.function(fn, input_signature=[sig], reduce_retracing=True)
+        return fn
 
+    # -- tiles
     def predict_tiles(self, tiles: np.ndarray) -> np.ndarray:
-        """(N, P, P, C) float32 -> (N, P, P, 1) float32 mean probability of the ensemble."""
-        out = [np.asarray(self._fn(tiles[i:i + self.batch_size])) for i in range(0, len(tiles), self.batch_size)]
-        return np.concatenate(out)
+        """(N, P, P, C) float32 -> (N, P, P, 1) float32 vote map of the ensemble, batch by batch."""
+        import keras
 
+        out, i = [], 0
+        while i < len(tiles):
+            chunk = np.ascontiguousarray(tiles[i:i + self.batch_size], dtype=np.float32)
+            try:
+                out.append(keras.ops.convert_to_numpy(self._fn(chunk)))
+            except Exception as exc:  # out of memory -> smaller batches, same result
+                if "ResourceExhausted" not in type(exc).__name__ or self.batch_size == 1:
+                    raise
+                self.batch_size = max(1, self.batch_size // 2)
+                continue
+            i += len(chunk)
+        res = np.concatenate(out) if out else np.zeros((0,) + self.window.shape, np.float32)
+        return res[..., None]
+
+    def binarize(self, vote_map: np.ndarray) -> np.ndarray:
+        """(H, W) vote map -> bool mask (soft: > threshold; hard: > 0.5, a strict weighted majority)."""
+        return binarize(vote_map, self.vote, self.threshold)
+
+    # -- layout and streaming
+    def _layout(self, h: int, w: int) -> _Layout:
+        p = self.patch_size
+        if self.tiling == "grid":
+            top = left = 0
+            bottom, right = max(p, -(-h // p) * p) - h, max(p, -(-w // p) * p) - w
+        else:
+            top = left = self.overlap_px // 2
+            bottom = top + max(0, p - (h + 2 * top))
+            right = left + max(0, p - (w + 2 * left))
+        row_map = np.pad(np.arange(h), (top, bottom), mode="symmetric")
+        col_map = np.pad(np.arange(w), (left, right), mode="symmetric")
+        ys = axis_origins(len(row_map), p, self.overlap_px)
+        xs = axis_origins(len(col_map), p, self.overlap_px)
+        cov_y, cov_x = np.zeros(len(row_map), np.float32), np.zeros(len(col_map), np.float32)
+        for y in ys:
+            cov_y[y:y + p] += self.ramp
+        for x in xs:
+            cov_x[x:x + p] += self.ramp
+        return _Layout(h, w, top, left, row_map, col_map, ys, xs, cov_y, cov_x)
+
+    def tile_count(self, h: int, w: int) -> int:
+        lay = self._layout(h, w)
+        return len(lay.ys) * len(lay.xs)
+
+    def stream(self, read_rows: Callable[[int, int], np.ndarray], h: int, w: int,
+               emit: Callable[[int, np.ndarray], None]) -> int:
+        """Predict an (h, w) image given as a row reader; calls `emit(r0, vote rows (n, w) float32)` top to bottom.
+
+        read_rows(r0, r1) -> (r1 - r0, w, C) float32 normalised rows. Memory: one band (<= BAND_BYTES of padded
+        rows, at least one batch of tiles) plus one batch of tiles; never the whole image. Returns the tile count.
+        """
+        lay = self._layout(h, w)
+        p, wp = self.patch_size, len(lay.col_map)
+        per_row = len(lay.xs)
+        rows_per_band = max(-(-self.batch_size // per_row), BAND_BYTES // (p * wp * self.channels * 4))
+        carry = None
+        for k0 in range(0, len(lay.ys), rows_per_band):
+            band_ys = lay.ys[k0:k0 + rows_per_band]
+            r0, r1 = band_ys[0], band_ys[-1] + p
+            src_rows = lay.row_map[r0:r1]
+            s0, s1 = int(src_rows.min()), int(src_rows.max()) + 1
+            src = read_rows(s0, s1)
+            if src.shape != (s1 - s0, w, self.channels):
+                raise ValueError(f"row reader returned {src.shape}, expected {(s1 - s0, w, self.channels)}")
+            band = src[src_rows - s0][:, lay.col_map]                      # (r1 - r0, W', C) padded rows
+            del src
+            acc = np.zeros((r1 - r0, wp), np.float32)
+            if carry is not None:
+                acc[:len(carry)] += carry
+            origins = [(y - r0, x) for y in band_ys for x in lay.xs]
+            for i in range(0, len(origins), self.batch_size):
+                chunk = origins[i:i + self.batch_size]
+                tiles = np.stack([band[y:y + p, x:x + p] for y, x in chunk])
+                for tile, (y, x) in zip(self.predict_tiles(tiles)[..., 0], chunk):
+                    acc[y:y + p, x:x + p] += tile * self.window if self.overlap_px else tile
+            nxt = lay.ys[k0 + rows_per_band] if k0 + rows_per_band < len(lay.ys) else r1
+            carry = acc[nxt - r0:].copy()
+            self._emit_rows(lay, r0, acc[:nxt - r0], emit)
+        self.last_tile_count = len(lay.ys) * len(lay.xs)
+        return self.last_tile_count
+
+    def _emit_rows(self, lay: _Layout, r0: int, acc: np.ndarray, emit) -> None:
+        a, b = max(r0, lay.top), min(r0 + len(acc), lay.top + lay.h)
+        if a >= b:
+            return
+        rows = acc[a - r0:b - r0, lay.left:lay.left + lay.w]
+        norm = lay.cov_y[a:b, None] * lay.cov_x[None, lay.left:lay.left + lay.w]
+        emit(a - lay.top, (rows / norm).astype(np.float32))
+
+    # -- whole images
     def predict_normalized(self, image: np.ndarray) -> np.ndarray:
-        """(H, W, C) float32 [0, 1] -> (H, W) float32 probabilities."""
-        h, w = image.shape[:2]
+        """(H, W, C) float32 in [0, 1] -> (H, W) float32 vote map (soft: probability; hard: vote fraction)."""
+        image = np.asarray(image, np.float32)
+        if image.ndim != 3 or image.shape[-1] != self.channels:
+            raise ValueError(f"image has shape {image.shape}, models expect (H, W, {self.channels})")
+        sink = ArraySink()
+        sink.start(*image.shape[:2])
+        self.stream(lambda a, b: image[a:b], *image.shape[:2], sink.write)
+        return sink.array
+
+    def predict_image(self, image: np.ndarray, sink: "ArraySink | None" = None) -> np.ndarray | None:
+        """Raw (H, W[, C]) image of any dtype -> (H, W) float32 vote map, normalised like training, band by band.
+
+        sink: any object with `start(h, w)` and `write(r0, rows (n, w) float32)`; default collects the full map.
+        Returns the map for the default sink, else None (rows were handed to `sink`, memory stays bounded).
+        """
+        if image.ndim == 2:
+            image = image[..., None]
         if image.shape[-1] != self.channels:
             raise ValueError(f"image has {image.shape[-1]} channels, models expect {self.channels}")
-        padded = pad_to_multiple(image, 1, "reflect", min_size=self.patch_size)
-        origins = tile_origins(padded.shape[:2], self.patch_size, self.overlap_px)
-        acc = TileAccumulator(padded.shape[:2] + (1,), self.window)
-        for i in range(0, len(origins), self.batch_size):
-            chunk = origins[i:i + self.batch_size]
-            tiles = np.stack([padded[y:y + self.patch_size, x:x + self.patch_size] for y, x in chunk])
-            acc.add(self.predict_tiles(tiles.astype(np.float32)), chunk)
-        self.last_tile_count = len(origins)
-        return acc.result()[:h, :w, 0]
+        lo, hi = intensity_range(image, self.norm_low, self.norm_high)
+        own = sink is None
+        sink = ArraySink() if own else sink
+        sink.start(*image.shape[:2])
+        self.stream(lambda a, b: normalize_rows(image[a:b], lo, hi), *image.shape[:2], sink.write)
+        return sink.array if own else None
 
-    def predict_image(self, image: np.ndarray) -> np.ndarray:
-        """Raw (H, W, C) image of any dtype -> (H, W) float32 probabilities (normalised like training)."""
-        return self.predict_normalized(percentile_normalize(image, self.norm_low, self.norm_high))
+    def predict_file(self, path: str | os.PathLike, sink: "ArraySink | None" = None,
+                     stream_min_px: int = STREAM_MIN_PX) -> tuple[np.ndarray | None, float]:
+        """Predict an image file -> (vote map, or None when a `sink` is given; seconds spent reading).
+
+        TIFFs over `stream_min_px` pixels are read in row windows (two passes: percentiles, then prediction);
+        other files are read whole in their native dtype and normalised band by band.
+        """
+        base, _ = split_frame(str(path))
+        if Path(base).suffix.lower() in TIFF_EXT:
+            with TiffRowReader(str(path), self.channels) as reader:
+                if reader.height * reader.width > stream_min_px:
+                    lo, hi = reader.intensity_range(self.norm_low, self.norm_high)
+                    own = sink is None
+                    sink = ArraySink() if own else sink
+                    sink.start(reader.height, reader.width)
+                    self.stream(lambda a, b: normalize_rows(reader.read(a, b), lo, hi), reader.height, reader.width,
+                                sink.write)
+                    return (sink.array if own else None), reader.read_seconds
+        t0 = time.perf_counter()
+        image = read_image(path, self.channels)
+        read_s = time.perf_counter() - t0
+        return self.predict_image(image, sink), read_s
 
 
+class ArraySink:
+    """Collects streamed vote rows into one (H, W) float32 array (`array`)."""
+
+    array: np.ndarray | None = None
+
+    def start(self, h: int, w: int) -> None:
+        self.array = np.empty((h, w), np.float32)
+
+    def write(self, r0: int, rows: np.ndarray) -> None:
+        self.array[r0:r0 + len(rows)] = rows
+
+
+# ---------------------------------------------------------------------------------------------- batch inputs
 def resolve_inputs(source: str | os.PathLike, split: str | None = "test") -> list[str]:
-    """A folder (recursive), a text file listing paths, or a manifest CSV (+ split) -> image paths."""
+    """A folder (recursive), a glob pattern (`**` allowed), a text file listing paths, or a manifest CSV (+ split)
+    -> image paths (folders and globs: sorted, image extensions only)."""
+    if any(ch in str(source) for ch in "*?[") and not Path(source).exists():
+        import glob
+
+        return sorted(p for p in glob.glob(str(source), recursive=True)
+                      if Path(p).is_file() and Path(p).suffix.lower() in IMAGE_EXT)
     source = Path(source)
     if source.is_dir():
         return list_images(source)
@@ -127,46 +486,18 @@ def resolve_inputs(source: str | os.PathLike, split: str | None = "test") -> lis
 
 
 def output_stem(path: str) -> str:
+    """Output name of an input: its file stem, plus `_fK` for frame K of a multi-page TIFF (`stack.tif#K`)."""
     base, sep, frame = path.rpartition("#")
     if sep and frame.isdigit():
         return f"{Path(base).stem}_f{frame}"
     return Path(path).stem
 
 
-def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(header)
-        writer.writerows(rows)
-    os.replace(tmp, path)
-
-
 def predict_batch(model_paths: list[str], inputs: list[str], out_dir: str | os.PathLike, patch_size: int | None = None,
-                  overlap: float = 0.25, threshold: float = 0.5, batch_size: int = 8, progress: bool = True) -> dict:
-    """Predict every input image; write OUT/<stem>.png (uint8 0/255), OUT/timings.csv and OUT/failures.csv.
+                  overlap: float = 0.25, threshold: float = 0.5, batch_size: int = 8, progress: bool = True,
+                  **options) -> dict:
+    """Compatibility entry point; the batch job lives in `batch_predict.predict_batch` (see it for `options`)."""
+    from .batch_predict import predict_batch as _predict_batch  # the batch job is the stage after inference
 
-    A failing image is recorded in failures.csv and the batch goes on. Returns {"done": n, "failed": n}.
-    """
-    from tqdm.auto import tqdm
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    predictor = Predictor(load_models(model_paths), patch_size=patch_size, overlap=overlap, batch_size=batch_size)
-    timings, failures = [], []
-    for path in tqdm(inputs, desc="predict", unit="img", disable=not progress):
-        try:
-            t0 = time.perf_counter()
-            image = read_image(path, predictor.channels)
-            t1 = time.perf_counter()
-            prob = predictor.predict_image(image)
-            t2 = time.perf_counter()
-            write_png(out / f"{output_stem(path)}.png", np.where(prob > threshold, 255, 0).astype(np.uint8))
-            t3 = time.perf_counter()
-            timings.append([path, f"{t1 - t0:.4f}", f"{t2 - t1:.4f}", f"{t3 - t2:.4f}", predictor.last_tile_count,
-                            len(predictor.models)])
-        except (ImageReadError, ValueError, OSError) as exc:
-            failures.append([path, str(exc)])
-    _write_csv(out / "timings.csv", ["image", "read_s", "predict_s", "write_s", "tiles", "models"], timings)
-    _write_csv(out / "failures.csv", ["file", "reason"], failures)
-    return {"done": len(timings), "failed": len(failures)}
+    return _predict_batch(model_paths, inputs, out_dir, patch_size=patch_size, overlap=overlap, threshold=threshold,
+                          batch_size=batch_size, progress=progress, **options)

@@ -1,7 +1,9 @@
 """File I/O: read images and masks (TIFF via rasterio, PNG/JPG via OpenCV), write outputs atomically.
 
-Readers return native dtypes (uint8/uint16/float32) so 16-bit range is kept until normalisation. Every error names
-the file and the problem. Inputs are never modified.
+Readers return native dtypes (uint8/uint16/float32) so 16-bit range is kept until normalisation. Multi-page TIFF
+stacks are read one page at a time (`stack.tif#k`; a stack read without `#k` is an error, never its first page).
+Channels are explicit (`channels=1|3`); masks are binary, thresholded, or instance labels. Every error names the
+file and the problem. Inputs are never modified.
 """
 from __future__ import annotations
 
@@ -24,11 +26,40 @@ class ImageReadError(ValueError):
     """An image or mask file cannot be used; the message names the file and the problem."""
 
 
+def _tiff_pages(path: str) -> int:
+    """Number of pages (IFDs, overviews excluded) of a TIFF: GDAL lists >1 pages as GTIFF_DIR subdatasets."""
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        try:
+            with rasterio.open(path) as src:
+                subs = [d for d in src.subdatasets if d.startswith("GTIFF_DIR:")]
+        except Exception as exc:
+            raise ImageReadError(f"{path}: cannot read TIFF ({exc})") from exc
+    return max(1, len(subs))
+
+
+def _tiff_target(path: str, frame: int | None) -> str:
+    """The rasterio name of `path` (frame None: must be single-page) or of page `frame` (0-based)."""
+    pages = _tiff_pages(path)
+    if frame is None:
+        if pages > 1:
+            raise ImageReadError(f"{path}: multi-page TIFF with {pages} pages; address one page as "
+                                 f"'{Path(path).name}#k' (k = 0..{pages - 1}) or split the stack into a manifest "
+                                 "with cellseg_tf.stacks.stack_manifest")
+        return path
+    if not 0 <= frame < pages:
+        raise ImageReadError(f"{path}: frame {frame} requested but the file has {pages} page(s) (0..{pages - 1})")
+    return f"GTIFF_DIR:{frame + 1}:{path}" if pages > 1 else path
+
+
 def _read_tiff(path: str, frame: int | None) -> np.ndarray:
     import rasterio
     from rasterio.errors import NotGeoreferencedWarning
 
-    target = path if frame is None else f"GTIFF_DIR:{frame + 1}:{path}"
+    target = _tiff_target(path, frame)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         try:
@@ -38,6 +69,16 @@ def _read_tiff(path: str, frame: int | None) -> np.ndarray:
             what = f"frame {frame} of " if frame is not None else ""
             raise ImageReadError(f"{path}: cannot read {what}TIFF ({exc})") from exc
     return np.moveaxis(data, 0, -1)  # (H, W, bands)
+
+
+def page_count(path: str | os.PathLike) -> int:
+    """Pages of a multi-page TIFF stack (1 for single-page TIFF and for PNG/JPG)."""
+    base, _ = split_frame(str(path))
+    if not Path(base).is_file():
+        raise ImageReadError(f"{base}: file not found")
+    if Path(base).suffix.lower() in TIFF_EXT:
+        return _tiff_pages(base)
+    return 1
 
 
 def _read_opencv(path: str) -> np.ndarray:
@@ -106,21 +147,79 @@ def read_image(path: str | os.PathLike, channels: int = 1) -> np.ndarray:
     return to_channels(read_raw(path), channels, str(path))
 
 
-def read_mask(path: str | os.PathLike, threshold: float = 0, instances: bool = False) -> np.ndarray:
+def outline_rings(binary: np.ndarray, max_half_width: float = 3.0, min_area: int = 8) -> tuple[int, int, float]:
+    """Find foreground components that are thin closed rings: (n_rings, n_components, ring share of foreground px).
+
+    binary: (H, W) bool/{0,1}. A ring is a component with exactly one enclosed hole of at least half its own area,
+    and no pixel farther than `max_half_width` px from the background. Outline masks (cells drawn as contours) are
+    made of such rings; a membrane network (ISBI EM) is one connected component with many holes, so it is not counted.
+    """
+    from scipy import ndimage
+
+    fg = np.asarray(binary) > 0
+    labels, n = ndimage.label(fg, structure=np.ones((3, 3), bool))
+    if n < 3:
+        return 0, n, 0.0
+    dist = cv2.distanceTransform(fg.astype(np.uint8), cv2.DIST_L2, 3)
+    index = np.arange(1, n + 1)
+    half_width = np.asarray(ndimage.maximum(dist, labels, index=index))
+    areas = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+    thin = np.flatnonzero((half_width <= max_half_width + 0.5) & (areas >= min_area)) + 1
+    rings, ring_px = 0, 0
+    if len(thin) >= 3:  # only thin components can be rings; filled objects are skipped cheaply
+        slices = ndimage.find_objects(labels)
+        for i in thin:
+            ys, xs = slices[i - 1]
+            sub = labels[max(ys.start - 1, 0):ys.stop + 1, max(xs.start - 1, 0):xs.stop + 1] == i
+            holes = ndimage.binary_fill_holes(sub) & ~sub
+            _, n_holes = ndimage.label(holes)
+            if n_holes == 1 and holes.sum() >= 0.5 * areas[i - 1]:
+                rings += 1
+                ring_px += int(areas[i - 1])
+    return rings, n, ring_px / max(int(areas.sum()), 1)
+
+
+def _check_not_outlines(fg: np.ndarray, path: str) -> None:
+    n_rings, n, share = outline_rings(fg)
+    if n_rings >= 3 and share >= 0.5:
+        raise ImageReadError(
+            f"{path}: mask looks like cell OUTLINES ({n_rings} of {n} objects are thin closed rings), but masks must "
+            "mark whole objects; fill them first (scipy.ndimage.binary_fill_holes, or fill each instance), "
+            "or read it with check_outlines=False if thin rings are really the target")
+
+
+def read_mask(path: str | os.PathLike, threshold: float = 0, instances: bool = False,
+              check_outlines: bool = False) -> np.ndarray:
     """Read a mask as (H, W): binary uint8 {0, 1} (pixel > threshold), or int32 instance labels if `instances`.
 
-    Any nonzero value is foreground by default; use threshold=127 for anti-aliased 8-bit masks.
+    Any nonzero value is foreground by default; use threshold=127 for anti-aliased 8-bit masks. Instance labels are
+    kept as they are (0 = background) for instance metrics; non-integer or negative labels are an error.
+    check_outlines: a mask that draws objects as separate thin closed rings (outlines) is an error with a hint;
+    thin networks such as EM membranes are accepted (see `outline_rings`). On for training masks (`dataset.load_pair`),
+    off by default so that predictions, which may legitimately be anything, are never rejected.
     """
     arr = read_raw(path)
     if arr.shape[-1] > 1:
         first = arr[..., 0]
         if not all(np.array_equal(first, arr[..., k]) for k in range(1, min(arr.shape[-1], 3))):
-            raise ImageReadError(f"{path}: mask has {arr.shape[-1]} differing colour bands; expected a grey or label image")
+            raise ImageReadError(f"{path}: mask has {arr.shape[-1]} differing colour bands; "
+                                 "expected a grey or label image")
         arr = arr[..., :1]
     arr = arr[..., 0]
     if instances:
-        return arr.astype(np.int32)
-    return (arr > threshold).astype(np.uint8)
+        if np.issubdtype(arr.dtype, np.floating) and not np.array_equal(arr, np.round(arr)):
+            raise ImageReadError(f"{path}: instance mask has non-integer values; "
+                                 "expected integer labels (0 = background)")
+        if arr.min() < 0 or arr.max() > np.iinfo(np.int32).max:
+            raise ImageReadError(f"{path}: instance labels must be in [0, 2^31); got {arr.min()}..{arr.max()}")
+        out = arr.astype(np.int32)
+        fg = out > 0
+    else:
+        out = (arr > threshold).astype(np.uint8)
+        fg = out
+    if check_outlines:
+        _check_not_outlines(fg, str(path))
+    return out
 
 
 def image_shape(path: str | os.PathLike) -> tuple[int, int, int]:
@@ -130,7 +229,7 @@ def image_shape(path: str | os.PathLike) -> tuple[int, int, int]:
         import rasterio
         from rasterio.errors import NotGeoreferencedWarning
 
-        target = base if frame is None else f"GTIFF_DIR:{frame + 1}:{base}"
+        target = _tiff_target(base, frame)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             try:

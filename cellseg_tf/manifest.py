@@ -1,11 +1,13 @@
 """The data manifest: a CSV of image/mask pairs with a split column, validated on load.
 
-Columns: image, mask, split (train|val|test); optional dataset, modality, fold. Paths are relative to the manifest's
-folder (absolute paths are kept). An image path may address one frame of a multi-page stack as `stack.tif#3`.
+Columns: image, mask, split (train|val|test); optional dataset, modality, fold. Lines starting with '#' are
+comments. Paths are relative to the manifest's folder (absolute paths are kept). An image path may address one
+frame of a multi-page stack as `stack.tif#3`.
 """
 from __future__ import annotations
 
 import os
+from io import StringIO
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,7 +68,10 @@ def load_manifest(path: str | os.PathLike) -> list[Sample]:
     if not path.is_file():
         raise ManifestError(f"{path}: manifest not found")
     try:
-        df = pd.read_csv(path, comment="#", dtype=str, keep_default_na=False, skipinitialspace=True)
+        # whole-line comments only: '#' inside a field addresses a stack frame (`stack.tif#3`)
+        text = "".join(line for line in path.read_text(encoding="utf-8-sig").splitlines(keepends=True)
+                       if not line.lstrip().startswith("#"))
+        df = pd.read_csv(StringIO(text), dtype=str, keep_default_na=False, skipinitialspace=True)
     except Exception as exc:  # pandas raises several types for malformed CSV
         raise ManifestError(f"{path}: cannot parse manifest CSV ({exc})") from exc
     df.columns = [c.strip() for c in df.columns]

@@ -1,7 +1,13 @@
-"""Training metrics (Keras, stateful): Dice, IoU, precision, recall at a threshold.
+"""Training metrics (Keras, stateful): Dice, IoU, precision, recall of the mask thresholded at `threshold`.
 
-They accumulate TP/FP/FN over all batches of an epoch, so the epoch value is the global ratio (not the mean of batch
-ratios). Empty truth and empty prediction gives 1.0 (perfect agreement). Usable as `monitor="val_dice"`.
+They accumulate TP/FP/FN over all batches of an epoch, so the epoch value is the global ratio over every pixel seen
+(pooled, "micro" average), not the mean of per-batch ratios, which differs when batches hold different amounts of
+foreground. Empty-mask convention: a ratio whose denominator is 0 (nothing to find and nothing predicted) is 1.0.
+`DiceMetric` is named "dice", so `model.fit` logs `val_dice` for `ModelCheckpoint(monitor="val_dice", mode="max")`.
+
+y_true: (B, H, W, 1) {0, 1} (> 0.5 is foreground); y_pred: (B, H, W, 1) probabilities (> threshold is foreground);
+any float dtype (float16 under mixed precision is cast to float32 first). sample_weight: optional (B,) per-sample
+weights (a weighted pixel count).
 """
 from __future__ import annotations
 
@@ -10,6 +16,8 @@ from keras import ops
 
 
 class _ConfusionMetric(keras.metrics.Metric):
+    """Accumulates pixel TP, FP, FN in float32 variables; subclasses turn them into a ratio."""
+
     def __init__(self, name: str, threshold: float = 0.5, dtype=None):
         super().__init__(name=name, dtype="float32")
         self.threshold = float(threshold)
@@ -20,15 +28,23 @@ class _ConfusionMetric(keras.metrics.Metric):
     def update_state(self, y_true, y_pred, sample_weight=None):
         t = ops.cast(ops.cast(y_true, "float32") > 0.5, "float32")
         p = ops.cast(ops.cast(y_pred, "float32") > self.threshold, "float32")
-        self.tp.assign_add(ops.sum(t * p))
-        self.fp.assign_add(ops.sum((1.0 - t) * p))
-        self.fn.assign_add(ops.sum(t * (1.0 - p)))
+        if sample_weight is not None:
+            w = ops.cast(sample_weight, "float32")
+            w = ops.reshape(w, (-1,) + (1,) * (len(t.shape) - 1))
+            t_w = t * w
+            p_w = p * w
+        else:
+            t_w, p_w = t, p
+        self.tp.assign_add(ops.sum(t_w * p))
+        self.fp.assign_add(ops.sum((1.0 - t) * p_w))
+        self.fn.assign_add(ops.sum(t_w * (1.0 - p)))
 
     def reset_state(self):
         for v in (self.tp, self.fp, self.fn):
             v.assign(0.0)
 
-    def _ratio(self, num, den):
+    @staticmethod
+    def _ratio(num, den):
         return ops.where(den > 0, num / ops.maximum(den, 1e-12), 1.0)
 
     def get_config(self):
@@ -37,7 +53,7 @@ class _ConfusionMetric(keras.metrics.Metric):
 
 @keras.saving.register_keras_serializable(package="cellseg_tf")
 class DiceMetric(_ConfusionMetric):
-    """Dice = 2TP / (2TP + FP + FN)."""
+    """Dice (= pixel F1) = 2TP / (2TP + FP + FN); 1.0 when truth and prediction are both empty."""
 
     def __init__(self, name: str = "dice", threshold: float = 0.5, dtype=None):
         super().__init__(name, threshold)
@@ -48,7 +64,10 @@ class DiceMetric(_ConfusionMetric):
 
 @keras.saving.register_keras_serializable(package="cellseg_tf")
 class IoUMetric(_ConfusionMetric):
-    """IoU (Jaccard) = TP / (TP + FP + FN)."""
+    """IoU (Jaccard) of the foreground = TP / (TP + FP + FN); 1.0 when both are empty.
+
+    Equals `keras.metrics.BinaryIoU(target_class_ids=[1], threshold=t)` except for that empty-mask convention.
+    """
 
     def __init__(self, name: str = "iou", threshold: float = 0.5, dtype=None):
         super().__init__(name, threshold)
@@ -59,7 +78,7 @@ class IoUMetric(_ConfusionMetric):
 
 @keras.saving.register_keras_serializable(package="cellseg_tf")
 class PrecisionMetric(_ConfusionMetric):
-    """Precision = TP / (TP + FP)."""
+    """Precision = TP / (TP + FP); 1.0 when nothing is predicted (no false positive was made)."""
 
     def __init__(self, name: str = "precision", threshold: float = 0.5, dtype=None):
         super().__init__(name, threshold)
@@ -70,7 +89,7 @@ class PrecisionMetric(_ConfusionMetric):
 
 @keras.saving.register_keras_serializable(package="cellseg_tf")
 class RecallMetric(_ConfusionMetric):
-    """Recall = TP / (TP + FN)."""
+    """Recall = TP / (TP + FN); 1.0 when the truth is empty (nothing could be missed)."""
 
     def __init__(self, name: str = "recall", threshold: float = 0.5, dtype=None):
         super().__init__(name, threshold)
@@ -80,5 +99,6 @@ class RecallMetric(_ConfusionMetric):
 
 
 def default_metrics(threshold: float = 0.5) -> list[keras.metrics.Metric]:
+    """[dice, iou, precision, recall] at `threshold`: what `training.train` compiles with."""
     return [DiceMetric(threshold=threshold), IoUMetric(threshold=threshold),
             PrecisionMetric(threshold=threshold), RecallMetric(threshold=threshold)]

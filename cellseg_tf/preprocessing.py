@@ -8,11 +8,16 @@ def percentile_normalize(image: np.ndarray, low: float = 2.0, high: float = 98.0
     """Stretch each channel so its `low`/`high` percentiles map to 0/1, clip to [0, 1].
 
     image: (H, W) or (H, W, C) of any numeric dtype (16-bit range is used as is) -> same shape, float32 in [0, 1].
-    A constant channel (high == low) maps to 0 instead of dividing by zero.
+    A constant channel (high == low) maps to 0 instead of dividing by zero. Percentiles are taken per image and per
+    channel (seed 001: clip the darkest/brightest 2 %), so 8-bit and 16-bit inputs land on the same scale.
     """
     if not 0 <= low < high <= 100:
         raise ValueError(f"percentiles must satisfy 0 <= low < high <= 100, got {low}, {high}")
     x = np.asarray(image, dtype=np.float32)
+    if x.size == 0:
+        raise ValueError("cannot normalise an empty image")
+    if not np.isfinite(x).all():
+        raise ValueError("image contains NaN or Inf values; fix or mask them before normalising")
     squeeze = x.ndim == 2
     if squeeze:
         x = x[..., None]

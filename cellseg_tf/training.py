@@ -1,19 +1,25 @@
 """The training engine: config -> data -> model -> fit with checkpoints -> RUN/{best,last}.keras, history, curves.
 
-`train(config)` is the Python API; `cellseg-tf train` maps flags onto a TrainConfig and calls it.
+`train(config)` is the Python API; `cellseg-tf train` maps flags onto a TrainConfig and calls it. A run directory
+holds everything needed to rebuild (config.yaml) or continue (last.keras + train_state.json, `train(config,
+resume=True)` / `cellseg-tf train --resume RUN`) the run. Optional phases: N epochs with the encoder frozen, then
+fine-tuning with the top encoder layers unfrozen at a lower learning rate.
 """
 from __future__ import annotations
 
 import contextlib
+import csv
+import fnmatch
 import math
-import time
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .config import TrainConfig
-from .dataset import Pair, load_pairs, train_dataset, val_dataset
+from .dataset import Pair, PatchSampler, load_pairs, train_dataset, val_dataset
 from .io import open_manifest
 from .manifest import Sample, select
 from .visualize import plot_curves
@@ -27,6 +33,7 @@ class TrainResult:
     history: dict
     train_seconds: float
     best_val_dice: float
+    stop_reason: str = "epochs"   # epochs | early_stopping | time_budget | stopped
 
 
 def split_train_val(samples: list[Sample], val_fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
@@ -74,67 +81,289 @@ def precision_policy(mixed: bool):
         keras.mixed_precision.set_global_policy(previous)
 
 
-def _time_budget_callback(seconds: float):
+# ----------------------------------------------------------------------------------------------------------------
+# Encoder freeze / fine-tune
+
+
+def _leaves(layer, ancestors: tuple = ()):
+    """Yield (leaf layer, names of the layer and its ancestors) for every layer that is not itself a Model."""
     import keras
 
-    class TimeBudget(keras.callbacks.Callback):
-        """Stops training at the end of the first epoch that ends after `seconds` of training."""
-
-        def on_train_begin(self, logs=None):
-            self.start = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            if time.perf_counter() - self.start >= seconds:
-                self.model.stop_training = True
-
-    return TimeBudget()
+    names = ancestors + (layer.name,)
+    if isinstance(layer, keras.Model):
+        for child in layer.layers:
+            yield from _leaves(child, names)
+    else:
+        yield layer, names
 
 
-def train(config: TrainConfig, samples: list[Sample] | None = None) -> TrainResult:
-    """Train per `config`; writes RUN/config.yaml, best.keras (best val Dice), last.keras, history.csv, curves.png."""
+def encoder_layers(model, patterns: "list[str]") -> list:
+    """Weighted leaf layers of the encoder, shallow to deep.
+
+    A leaf belongs to the encoder when its name or any enclosing sub-model's name matches one of the fnmatch
+    `patterns` (U-Net: `enc*`; zoo backbones nested as `encoder*`/`backbone*` sub-models), or when the model was
+    built with the leaf already non-trainable (a frozen pretrained encoder).
+    """
+    found = []
+    for leaf, names in _leaves(model):
+        if not leaf.weights or leaf is model:
+            continue
+        matched = any(fnmatch.fnmatch(n, p) for n in names[1:] for p in patterns)
+        if matched or not leaf.trainable:
+            found.append(leaf)
+    return found
+
+
+def set_trainable(model, frozen: list) -> None:
+    """Make every layer trainable except the leaves in `frozen` (nested sub-models included)."""
     import keras
 
+    def containers(layer):
+        yield layer
+        for child in layer.layers:
+            if isinstance(child, keras.Model):
+                yield from containers(child)
+
+    for container in containers(model):  # outermost first: a container's setter also touches its children
+        container.trainable = True
+    ids = {id(layer) for layer in frozen}
+    for leaf, _ in _leaves(model):
+        leaf.trainable = id(leaf) not in ids
+
+
+def fine_tune_frozen(encoder: list, n_layers: int) -> list:
+    """Encoder leaves that stay frozen after unfreezing the deepest `n_layers` (0 = all); BatchNorm stays frozen."""
+    import keras
+
+    candidates = [l for l in encoder if not isinstance(l, keras.layers.BatchNormalization)]
+    unfreeze = candidates if n_layers <= 0 else candidates[-n_layers:]
+    ids = {id(l) for l in unfreeze}
+    return [l for l in encoder if id(l) not in ids]
+
+
+@dataclass(frozen=True)
+class Phase:
+    name: str          # "train" | "frozen" | "fine_tune"
+    start: int         # first epoch (0-based)
+    end: int           # epochs after this phase
+    lr_factor: float = 1.0
+
+
+def plan_phases(config: TrainConfig) -> list[Phase]:
+    """One `train` phase, or `frozen` for freeze_encoder_epochs epochs then `fine_tune` at a lower learning rate."""
+    n = config.freeze_encoder_epochs
+    if n <= 0:
+        return [Phase("train", 0, config.epochs)]
+    if n >= config.epochs:
+        return [Phase("frozen", 0, config.epochs)]
+    return [Phase("frozen", 0, n), Phase("fine_tune", n, config.epochs, config.fine_tune_lr_factor)]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# history.csv
+
+
+def read_history(path: str | os.PathLike) -> dict:
+    """history.csv -> {column: [float per epoch]} (the `epoch` column dropped)."""
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    keys = [k for k in (rows[0].keys() if rows else []) if k != "epoch"]
+
+    def num(v):
+        try:
+            return float(v)
+        except (TypeError, ValueError):
+            return float("nan")
+
+    return {k: [num(r.get(k)) for r in rows] for k in keys}
+
+
+def _truncate_history(path: Path, epochs_done: int) -> None:
+    """Keep the header and the rows of epochs < epochs_done (rows of an epoch whose checkpoint was lost go)."""
+    if not path.is_file():
+        return
+    with open(path, newline="") as fh:
+        rows = list(csv.reader(fh))
+    if not rows:
+        return
+    header, body = rows[0], rows[1:]
+    col = header.index("epoch") if "epoch" in header else None
+    kept = [r for r in body if col is None or (r and int(float(r[col])) < epochs_done)]
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as fh:
+        csv.writer(fh).writerows([header] + kept)
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# train
+
+
+def train(config: TrainConfig, samples: list[Sample] | None = None, *, resume: bool = False,
+          callbacks: list | None = None) -> TrainResult:
+    """Train per `config`; writes RUN/config.yaml, best.keras (best val Dice), last.keras, history.csv, curves.png,
+    train_state.json (and epochs/, tensorboard/ when asked).
+
+    resume=True continues RUN=config.out from its last completed epoch: model, optimizer state (iterations, learning
+    rate), schedule, callback counters, data stream position and history.csv carry on. `callbacks`: extra Keras
+    callbacks, run after the engine's own (so they see this epoch's checkpoint already written).
+    """
+    import keras
+
+    from .callbacks import (BestCheckpoint, EpochCheckpoint, LearningRateLogger, ResumableEarlyStopping, RunState,
+                            TimeBudget, read_state, write_state)
+    from .distribute import select_strategy, strategy_name
     from .losses import get_loss
     from .metrics import default_metrics
     from .models import build_model
+    from .schedules import build_optimizer, build_schedule
 
     config.validate()
     run = Path(config.out)
-    run.mkdir(parents=True, exist_ok=True)
+    history_path, best_path, last_path = run / "history.csv", run / "best.keras", run / "last.keras"
+    state = None
+    if resume:
+        state = read_state(run)
+        if state is None or not last_path.is_file():
+            raise FileNotFoundError(f"{run}: nothing to resume (needs last.keras and train_state.json of a run)")
+        if state.get("finished") and (state.get("stop_reason") != "epochs" or state["epochs_done"] >= config.epochs):
+            return _result(run, state)  # already complete: nothing to continue
+    else:
+        run.mkdir(parents=True, exist_ok=True)
+        for stale in (history_path, run / "train_state.json"):
+            stale.unlink(missing_ok=True)
     config.save(run / "config.yaml")
+
     if samples is None:
         samples = open_manifest(config.manifest)
     train_rows, val_rows = split_train_val(samples, config.val_fraction, config.seed)
     train_pairs = load_pairs(train_rows, config.channels, config.norm_low, config.norm_high)
     val_pairs = load_pairs(val_rows, config.channels, config.norm_low, config.norm_high)
-    steps = config.steps_per_epoch or default_steps_per_epoch(train_pairs, config.patch_size, config.batch_size)
-
-    keras.utils.set_random_seed(config.seed)
-    train_ds = train_dataset(train_pairs, config.patch_size, config.batch_size, config.augmentation, config.seed)
+    steps = int(state["steps_per_epoch"]) if state else (
+        config.steps_per_epoch or default_steps_per_epoch(train_pairs, config.patch_size, config.batch_size))
+    epoch = int(state["epochs_done"]) if state else 0
+    elapsed = float(state.get("elapsed_s", 0.0)) if state else 0.0
+    saved_cb = (state or {}).get("callbacks", {})
+    if state:
+        _truncate_history(history_path, epoch)
+    keras.utils.set_random_seed(config.seed + epoch)  # a resumed run does not replay epoch 0's dropout masks
     val_ds = val_dataset(val_pairs, config.patch_size, config.batch_size)
 
-    best_path, last_path = run / "best.keras", run / "last.keras"
-    callbacks = [
-        keras.callbacks.ModelCheckpoint(str(best_path), monitor="val_dice", mode="max", save_best_only=True),
-        keras.callbacks.CSVLogger(str(run / "history.csv")),
-    ]
+    mixed = resolve_mixed_precision(config.mixed_precision)
+    strategy = select_strategy(config.strategy)
+    best_cb = BestCheckpoint(best_path, monitor="val_dice", mode="max")
+    best_cb.set_resume_state(saved_cb.get("best"))
+    resumables: dict = {"best": best_cb}
+    fixed = [LearningRateLogger(), best_cb]
+    if config.checkpoint_every_epoch:
+        fixed.append(EpochCheckpoint(run / "epochs"))
+    early = None
     if config.early_stopping_patience > 0:
-        callbacks.append(keras.callbacks.EarlyStopping(monitor="val_dice", mode="max",
-                                                       patience=config.early_stopping_patience))
-    if config.time_budget_s > 0:
-        callbacks.append(_time_budget_callback(config.time_budget_s))
+        early = ResumableEarlyStopping(monitor="val_dice", mode="max", patience=config.early_stopping_patience)
+        early.set_resume_state(saved_cb.get("early_stopping"))
+        resumables["early_stopping"] = early
+    sampler = PatchSampler(train_pairs, config.patch_size, config.augmentation, config.seed,
+                           foreground_weights=config.sampling_weights or None)
+    if config.hard_mining:
+        from .sampling import hard_mining_callback
 
-    with precision_policy(resolve_mixed_precision(config.mixed_precision)):
-        model = build_model(config.model, input_shape=(config.patch_size, config.patch_size, config.channels),
-                            **config.model_options)
-        model.compile(optimizer=keras.optimizers.Adam(config.learning_rate),
-                      loss=get_loss(config.loss, **config.loss_options), metrics=default_metrics())
-        start = time.perf_counter()
-        fit = model.fit(train_ds, steps_per_epoch=steps, epochs=config.epochs, validation_data=val_ds,
-                        callbacks=callbacks, verbose=config.verbose)
-        seconds = time.perf_counter() - start
-        model.save(last_path)
-    history = {k: [float(v) for v in vals] for k, vals in fit.history.items()}
-    plot_curves(history, run / "curves.png", title=f"{config.model} / {config.loss}")
-    best = max(history.get("val_dice", [float("nan")]))
-    return TrainResult(run, best_path, last_path, history, seconds, best)
+        options = dict(config.hard_mining_options)
+        every = options.pop("every", 1)
+        miner = _call_with_options("hard_mining_options", sampler.hard_miner, options)
+        mining = hard_mining_callback(miner, batch_size=config.batch_size, every=every)
+        mining.set_resume_state(saved_cb.get("hard_mining"))
+        resumables["hard_mining"] = mining
+        fixed.append(mining)
+    csv_logger = keras.callbacks.CSVLogger(str(history_path), append=True)
+    tensorboard = keras.callbacks.TensorBoard(str(run / "tensorboard")) if config.tensorboard else None
+
+    model, loaded_phase, stop_reason = None, None, "epochs"
+    if state:
+        with precision_policy(mixed), strategy.scope():
+            model = keras.models.load_model(last_path)
+        loaded_phase = state.get("phase")
+    for phase in plan_phases(config):
+        if phase.end <= epoch:
+            continue
+        lr = config.learning_rate * phase.lr_factor
+        schedule = build_schedule(config.schedule, lr, steps, **config.schedule_options)
+        with precision_policy(mixed), strategy.scope():
+            if model is None:
+                model = build_model(config.model, input_shape=(config.patch_size, config.patch_size, config.channels),
+                                    **config.model_options)
+            if loaded_phase == phase.name:  # resumed inside this phase: keep the restored optimizer and flags
+                if not callable(schedule.learning_rate) and state.get("learning_rate") is not None:
+                    model.optimizer.learning_rate = float(state["learning_rate"])
+                for i, cb in enumerate(schedule.callbacks):
+                    if hasattr(cb, "set_resume_state"):
+                        cb.set_resume_state(saved_cb.get(f"schedule_{i}"))
+            else:
+                if phase.name == "frozen":
+                    set_trainable(model, encoder_layers(model, config.encoder_layers))
+                elif phase.name == "fine_tune":
+                    encoder = encoder_layers(model, config.encoder_layers)
+                    set_trainable(model, fine_tune_frozen(encoder, config.fine_tune_layers))
+                model.compile(optimizer=build_optimizer(config.optimizer, schedule.learning_rate,
+                                                        **config.optimizer_options),
+                              loss=get_loss(config.loss, **config.loss_options), metrics=default_metrics())
+            loaded_phase = None
+            phase_resumables = dict(resumables)
+            phase_resumables.update({f"schedule_{i}": cb for i, cb in enumerate(schedule.callbacks)
+                                     if hasattr(cb, "get_state")})
+            budget = TimeBudget(config.time_budget_s, already_s=elapsed) if config.time_budget_s > 0 else None
+            run_state = RunState(run, phase_resumables, already_s=elapsed,
+                                 info={"epochs_done": epoch, "steps_per_epoch": steps, "phase": phase.name,
+                                       "strategy": strategy_name(strategy), "mixed_precision": mixed})
+            cbs = fixed + ([early] if early else []) + schedule.callbacks + [csv_logger]
+            cbs += [c for c in (tensorboard, budget) if c is not None] + [run_state] + list(callbacks or [])
+            train_ds = train_dataset(train_pairs, config.patch_size, config.batch_size, config.augmentation,
+                                     config.seed, start=epoch * steps * config.batch_size, sampler=sampler)
+            model.fit(train_ds, steps_per_epoch=steps, epochs=phase.end, initial_epoch=epoch,
+                      validation_data=val_ds, callbacks=cbs, verbose=config.verbose,
+                      shuffle=False)
+        elapsed, epoch = run_state.elapsed(), run_state.epochs_done
+        for cb in resumables.values():  # carry counters into the next phase (on_train_begin resets them)
+            cb.set_resume_state(cb.get_state())
+        if early is not None and early.stopped_epoch > 0:
+            stop_reason = "early_stopping"
+        elif budget is not None and budget.triggered:
+            stop_reason = "time_budget"
+        elif epoch < phase.end:
+            stop_reason = "stopped"
+        if stop_reason != "epochs":
+            break
+
+    final = read_state(run) or {"epochs_done": epoch, "steps_per_epoch": steps}
+    final.update({"finished": True, "stop_reason": stop_reason, "elapsed_s": elapsed})
+    write_state(run, {k: v for k, v in final.items() if k != "version"})
+    if not best_path.is_file() and last_path.is_file():  # val_dice was never finite: keep the last model as best
+        shutil.copyfile(last_path, best_path)
+    return _result(run, final, title=f"{config.model} / {config.loss}")
+
+
+def _call_with_options(label: str, fn, options: dict):
+    try:
+        return fn(**options)
+    except TypeError as exc:
+        raise ValueError(f"{label}: bad option ({exc})") from None
+
+
+def _result(run: Path, state: dict, title: str = "") -> TrainResult:
+    history = read_history(run / "history.csv")
+    if history:
+        plot_curves(history, run / "curves.png", title=title)
+    val = [v for v in history.get("val_dice", []) if not math.isnan(v)]
+    return TrainResult(run, run / "best.keras", run / "last.keras", history, float(state.get("elapsed_s", 0.0)),
+                       max(val) if val else float("nan"), state.get("stop_reason", "epochs"))
+
+
+def resume_run(run_dir: str | os.PathLike, samples: list[Sample] | None = None, callbacks: list | None = None,
+               **overrides) -> TrainResult:
+    """Continue RUN from RUN/config.yaml (fields in `overrides`, e.g. epochs=60, replace the saved ones)."""
+    run = Path(run_dir)
+    config = TrainConfig.load(run / "config.yaml")
+    config = TrainConfig.from_dict({**config.to_dict(), **overrides, "out": str(run)})
+    return train(config, samples, resume=True, callbacks=callbacks)

@@ -8,7 +8,12 @@ from __future__ import annotations
 
 from typing import Callable
 
-from . import unet as _unet  # noqa: F401  (registers its builders)
+from . import layers as _layers  # noqa: F401  (registers custom Keras layers for safe-mode loading)
+from . import unet as _unet  # noqa: F401  (each module registers its builders)
+from . import attention_unet as _attention_unet  # noqa: F401
+from . import encoder_unet as _encoder_unet  # noqa: F401
+from . import seed002 as _seed002  # noqa: F401
+from .backbones import BACKBONES, available_backbones, build_backbone
 from .registry import MODEL_REGISTRY, ModelSpec, register_model
 
 
@@ -37,4 +42,5 @@ def build_model(name: str, input_shape: tuple = (None, None, 1), **options):
     return spec.build(input_shape=tuple(input_shape), **options)
 
 
-__all__ = ["build_model", "available_models", "model_stride", "register_model", "MODEL_REGISTRY"]
+__all__ = ["build_model", "available_models", "model_stride", "register_model", "MODEL_REGISTRY", "BACKBONES",
+           "available_backbones", "build_backbone"]

@@ -1,0 +1,132 @@
+"""Custom Keras layers of the model zoo, each registered so `.keras` files load in safe mode without custom_objects.
+
+Written with `keras.ops` only (backend-agnostic). Import this module (or `cellseg_tf.models`) before
+`keras.models.load_model` so the classes are registered.
+"""
+from __future__ import annotations
+
+import keras
+from keras import layers, ops
+
+_PACKAGE = "cellseg_tf"
+
+# ImageNet statistics as used by keras.applications' `preprocess_input` functions.
+_CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+_TORCH_MEAN_RGB = (0.485, 0.456, 0.406)
+_TORCH_STD_RGB = (0.229, 0.224, 0.225)
+PREPROCESS_MODES = ("caffe", "torch", "tf", "raw255", "none")
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class WSConv2D(layers.Conv2D):
+    """Conv2D with weight standardisation (Qiao et al. 2019; seed 000 Fig. 1 "WSConv").
+
+    Each output filter's kernel is standardised to zero mean / unit variance over (kh, kw, C_in) before the
+    convolution, which smooths the loss landscape for small-batch training. Same arguments as Conv2D plus `epsilon`.
+    """
+
+    def __init__(self, *args, epsilon: float = 1e-5, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.epsilon = float(epsilon)
+
+    def standardized_kernel(self, kernel=None):
+        """The kernel actually convolved: (kh, kw, C_in, filters), standardised per filter (computed in float32)."""
+        k = ops.cast(self.kernel if kernel is None else kernel, "float32")
+        mean = ops.mean(k, axis=(0, 1, 2), keepdims=True)
+        var = ops.var(k, axis=(0, 1, 2), keepdims=True)
+        return (k - mean) / ops.sqrt(var + self.epsilon)
+
+    def convolution_op(self, inputs, kernel):
+        k = ops.cast(self.standardized_kernel(kernel), inputs.dtype)
+        return super().convolution_op(inputs, k)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "epsilon": self.epsilon}
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class ChannelRepeat(layers.Layer):
+    """(B, H, W, 1) -> (B, H, W, repeats): feeds grey images to encoders pretrained on RGB."""
+
+    def __init__(self, repeats: int = 3, **kwargs):
+        super().__init__(**kwargs)
+        self.repeats = int(repeats)
+
+    def call(self, inputs):
+        return ops.repeat(inputs, self.repeats, axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], input_shape[-1] * self.repeats if input_shape[-1] is not None else None)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "repeats": self.repeats}
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class ImageNetPreprocess(layers.Layer):
+    """Maps [0, 1] RGB images to what a keras.applications backbone expects, inside the model.
+
+    Equivalent to `keras.applications.<net>.preprocess_input(255 * x)`:
+    - "caffe" (VGG16, ResNet50): RGB->BGR, ×255, minus the ImageNet BGR mean.
+    - "torch" (DenseNet121): (x - mean) / std with ImageNet RGB statistics.
+    - "tf" (MobileNetV2, InceptionV3): 2x - 1, i.e. [-1, 1].
+    - "raw255" (EfficientNet, which rescales/normalises internally): ×255.
+    - "none": identity.
+    """
+
+    def __init__(self, mode: str = "tf", **kwargs):
+        super().__init__(**kwargs)
+        if mode not in PREPROCESS_MODES:
+            raise ValueError(f"mode must be one of {PREPROCESS_MODES}, got {mode!r}")
+        self.mode = mode
+
+    def call(self, inputs):
+        x = inputs
+        dtype = x.dtype
+        if self.mode == "caffe":
+            x = ops.flip(x, axis=-1) * 255.0
+            return x - ops.convert_to_tensor(_CAFFE_MEAN_BGR, dtype=dtype)
+        if self.mode == "torch":
+            mean = ops.convert_to_tensor(_TORCH_MEAN_RGB, dtype=dtype)
+            std = ops.convert_to_tensor(_TORCH_STD_RGB, dtype=dtype)
+            return (x - mean) / std
+        if self.mode == "tf":
+            return x * 2.0 - 1.0
+        if self.mode == "raw255":
+            return x * 255.0
+        return x
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "mode": self.mode}
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class ResizeLike(layers.Layer):
+    """Resizes x (B, h, w, C) to the spatial size of ref (B, H, W, ·): aligns decoder maps with skips.
+
+    Needed where a backbone's 'valid' convolutions make feature maps that are not exact halvings (InceptionV3).
+    Called as `ResizeLike()([x, ref])`; the output keeps x's dtype.
+    """
+
+    def __init__(self, interpolation: str = "bilinear", **kwargs):
+        super().__init__(**kwargs)
+        self.interpolation = interpolation
+
+    def call(self, inputs):
+        x, ref = inputs
+        shape = ops.shape(ref)
+        out = ops.image.resize(x, (shape[1], shape[2]), interpolation=self.interpolation)
+        return ops.cast(out, x.dtype)
+
+    def compute_output_shape(self, input_shape):
+        x_shape, ref_shape = input_shape
+        return (x_shape[0], ref_shape[1], ref_shape[2], x_shape[3])
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "interpolation": self.interpolation}
+
+
+__all__ = ["WSConv2D", "ChannelRepeat", "ImageNetPreprocess", "ResizeLike", "PREPROCESS_MODES"]

@@ -1,0 +1,73 @@
+"""TrainConfig: YAML/JSON round trips, type coercion, KEY=VALUE overrides, validation, CLI flag mapping."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from cellseg_tf.cli import _train_config, build_parser
+from cellseg_tf.config import TrainConfig
+
+
+def custom() -> TrainConfig:
+    return TrainConfig(manifest="m.csv", out="runs/x", model_options={"base_filters": 8, "depth": 3},
+                       loss_options={"pos_weight": 3.0}, epochs=7, schedule="exponential",
+                       schedule_options={"decay_steps": 9000, "decay_rate": 0.9}, checkpoint_every_epoch=True,
+                       freeze_encoder_epochs=2, encoder_layers=["backbone*"], mixed_precision="off", seed=3)
+
+
+@pytest.mark.parametrize("suffix", [".yaml", ".json"])
+def test_round_trip(tmp_path, suffix):
+    config = custom()
+    path = config.save(tmp_path / f"config{suffix}")
+    text = path.read_text()
+    assert (json.loads(text) if suffix == ".json" else yaml.safe_load(text))["schedule"] == "exponential"
+    assert TrainConfig.load(path) == config
+    assert TrainConfig.from_dict(config.to_dict()) == config
+
+
+def test_defaults_are_stable():
+    d = TrainConfig()
+    assert (d.model, d.loss, d.optimizer, d.schedule, d.mixed_precision, d.strategy) == (
+        "unet", "bce_dice", "adam", "constant", "auto", "auto")
+    assert d.freeze_encoder_epochs == 0 and not d.checkpoint_every_epoch and not d.tensorboard
+
+
+def test_yaml_strings_are_coerced_and_bad_values_named(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("learning_rate: 1e-4\nepochs: '12'\ntensorboard: 'yes'\n")
+    config = TrainConfig.load(path)
+    assert config.learning_rate == pytest.approx(1e-4) and config.epochs == 12 and config.tensorboard is True
+    with pytest.raises(ValueError, match="epochs"):
+        TrainConfig.from_dict({"epochs": "many"})
+    with pytest.raises(ValueError, match="unknown config key"):
+        TrainConfig.from_dict({"epochz": 3})
+
+
+def test_override_key_value():
+    config = TrainConfig().override(["epochs=5", "schedule_options={decay_steps: 100, decay_rate: 0.5}",
+                                     "learning-rate=2e-4", "encoder_layers=enc*"])
+    assert config.epochs == 5 and config.schedule_options == {"decay_steps": 100, "decay_rate": 0.5}
+    assert config.learning_rate == pytest.approx(2e-4) and config.encoder_layers == ["enc*"]
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        TrainConfig().override(["nonsense"])
+
+
+@pytest.mark.parametrize("field,value", [("patch_size", 30), ("mixed_precision", "maybe"), ("strategy", "gpu"),
+                                         ("fine_tune_lr_factor", 0.0), ("learning_rate", -1.0),
+                                         ("schedule_options", "x")])
+def test_validate_rejects(field, value):
+    config = TrainConfig()
+    setattr(config, field, value)
+    with pytest.raises(ValueError, match=field):
+        config.validate()
+
+
+def test_cli_flags_override_config_file(tmp_path):
+    path = custom().save(tmp_path / "c.yaml")
+    args = build_parser().parse_args(["train", "--config", str(path), "--epochs", "9", "--schedule", "plateau",
+                                      "--tensorboard", "--set", "fine_tune_layers=4"])
+    config = _train_config(args)
+    assert config.epochs == 9 and config.schedule == "plateau" and config.tensorboard is True
+    assert config.fine_tune_layers == 4 and config.seed == 3 and config.checkpoint_every_epoch is True

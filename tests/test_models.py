@@ -1,0 +1,269 @@
+"""Model zoo: registry, shapes/dtypes, safe-mode round trips, frozen encoders, mixed precision, custom layers.
+
+Big encoders are built at their smallest sizes (64 px; InceptionV3 96 px) with encoder_weights=None; the heaviest
+round trips / training steps are marked slow.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+
+from cellseg_tf.models import available_models, build_model, model_stride  # noqa: E402
+from cellseg_tf.models.backbones import BACKBONES, build_backbone  # noqa: E402
+from cellseg_tf.models.blocks import attention_gate  # noqa: E402
+from cellseg_tf.models.layers import ChannelRepeat, ImageNetPreprocess, ResizeLike, WSConv2D  # noqa: E402
+
+REQUIRED = {"unet", "attention_unet", "vgg16_unet", "densenet121_unet", "resnet50_unet", "mobilenetv2_unet",
+            "efficientnetb0_unet", "inceptionv3_unet", "model1_densenet", "model2_vgg_attention",
+            "model3_vgg_attention_ia"}
+ENCODER_MODELS = sorted(REQUIRED - {"unet", "attention_unet"})
+ENCODER_NAME = {"model1_densenet": "densenet121_encoder", "model2_vgg_attention": "vgg16_encoder",
+                "model3_vgg_attention_ia": "vgg16_encoder"}
+HEAVY = {"densenet121_unet", "resnet50_unet", "efficientnetb0_unet", "inceptionv3_unet", "model1_densenet",
+         "vgg16_unet"}
+SMALL_OPTIONS = {"unet": dict(base_filters=4, depth=3), "attention_unet": dict(base_filters=4, depth=3)}
+
+
+def _size(name: str) -> int:
+    return 96 if name.startswith("inceptionv3") else 64
+
+
+def _build(name: str, channels: int = 1, **options):
+    size = _size(name)
+    return build_model(name, input_shape=(size, size, channels), **{**SMALL_OPTIONS.get(name, {}), **options})
+
+
+def _batch(name: str, channels: int = 1, n: int = 2, seed: int = 0) -> np.ndarray:
+    size = _size(name)
+    return np.random.default_rng(seed).random((n, size, size, channels)).astype("float32")
+
+
+def _encoder(model, name: str):
+    return model.get_layer(ENCODER_NAME.get(name, name.replace("_unet", "_encoder")))
+
+
+def _maybe_slow(names, also=()):
+    return [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY or n in also else n for n in names]
+
+
+# ----------------------------------------------------------------------------------------------- registry / API
+def test_registry_has_every_required_model_and_stride():
+    assert REQUIRED <= set(available_models())
+    assert model_stride("unet") == 16 and model_stride("unet", depth=3) == 8
+    assert model_stride("vgg16_unet") == 16 and model_stride("model2_vgg_attention") == 16
+    for name in ("densenet121_unet", "resnet50_unet", "mobilenetv2_unet", "efficientnetb0_unet", "inceptionv3_unet",
+                 "model1_densenet", "model3_vgg_attention_ia"):
+        assert model_stride(name) == 32
+
+
+def test_build_rejects_sizes_breaking_stride_or_minimum():
+    with pytest.raises(ValueError, match="divisible by its stride 16"):
+        build_model("unet", input_shape=(60, 64, 1))
+    with pytest.raises(ValueError, match="stride 32"):
+        build_model("mobilenetv2_unet", input_shape=(64, 80, 1))
+    with pytest.raises(ValueError, match="at least 96"):
+        build_model("inceptionv3_unet", input_shape=(64, 64, 1))   # divisible by 32 but below Inception's minimum
+    with pytest.raises(ValueError, match="1 \\(grey"):
+        build_model("mobilenetv2_unet", input_shape=(64, 64, 2))
+    with pytest.raises(KeyError, match="unknown model"):
+        build_model("nope")
+
+
+def test_unet_keeps_its_structure():
+    model = build_model("unet", input_shape=(32, 32, 1), base_filters=4, depth=2)
+    bn = model.get_layer("enc0_a_bn")
+    assert bn.momentum == pytest.approx(0.9)
+    assert model.get_layer("enc0_a_conv").kernel_initializer.__class__.__name__ == "HeNormal"
+    assert [layer.name for layer in model.layers if layer.name.startswith("up")] == ["up1", "up0"]
+    assert model.output.shape == (None, 32, 32, 1)
+
+
+def test_model_code_uses_keras_ops_only():
+    """Backend-agnostic: no TensorFlow in model code (KERAS_BACKEND=torch must work in principle), no Lambda."""
+    src = Path(__file__).resolve().parents[1] / "cellseg_tf" / "models"
+    for path in src.glob("*.py"):
+        text = path.read_text()
+        assert not re.search(r"^\s*(import|from)\s+tensorflow", text, re.M), path
+        assert not re.search(r"\btf\.", text) and "Lambda(" not in text, path
+
+
+# ------------------------------------------------------------------------------------------- every model, small
+@pytest.mark.parametrize("name", sorted(REQUIRED))
+def test_forward_shape_dtype_range(name):
+    model = _build(name)
+    x = _batch(name)
+    y = np.asarray(model(x, training=False))
+    assert y.shape == x.shape[:3] + (1,)
+    assert model.output.dtype == "float32" and y.dtype == np.float32
+    assert np.all((y >= 0) & (y <= 1)) and np.isfinite(y).all()
+    if name == "inceptionv3_unet":   # skips given by layer index must be the stem activations (64, 192 channels)
+        assert [o.shape[-1] for o in _encoder(model, name).outputs] == [64, 192, 288, 768, 2048]
+        assert isinstance(model.get_layer("out_align"), ResizeLike)
+
+
+@pytest.mark.parametrize("name", _maybe_slow(sorted(REQUIRED), also=("mobilenetv2_unet",)))
+def test_keras_round_trip_safe_mode_identical(name, tmp_path):
+    options = {"weight_standardization": True} if name == "attention_unet" else {}
+    if name == "model3_vgg_attention_ia":
+        options = {"normalization": "instance"}
+    model = _build(name, **options)
+    x = _batch(name, seed=1)
+    path = tmp_path / f"{name}.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)              # safe_mode=True, no custom_objects
+    np.testing.assert_array_equal(np.asarray(model(x, training=False)), np.asarray(loaded(x, training=False)))
+    assert len(loaded.trainable_weights) == len(model.trainable_weights)
+
+
+@pytest.mark.parametrize("name", _maybe_slow(ENCODER_MODELS))
+def test_frozen_encoder_unchanged_decoder_trains(name):
+    model = _build(name)
+    encoder = _encoder(model, name)
+    assert not encoder.trainable_weights                 # frozen by default
+    before_enc = [np.array(w) for w in encoder.weights]  # includes BatchNorm moving statistics
+    before_dec = [np.array(w) for w in model.trainable_weights]
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="binary_crossentropy", run_eagerly=True)  # tracing costs ~10x
+    x = _batch(name)
+    y = (x[..., :1] > 0.5).astype("float32")
+    model.train_on_batch(x, y)
+    for b, w in zip(before_enc, encoder.weights):
+        np.testing.assert_array_equal(b, np.asarray(w), err_msg=w.path)
+    changed = [not np.array_equal(b, np.asarray(w)) for b, w in zip(before_dec, model.trainable_weights)]
+    assert np.mean(changed) > 0.9, f"only {sum(changed)}/{len(changed)} decoder weights changed"
+
+
+@pytest.mark.parametrize("name", _maybe_slow(sorted(REQUIRED)))
+def test_mixed_precision_output_is_float32(name):
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    model = _build(name)
+    y = model(_batch(name), training=False)
+    assert model.output.dtype == "float32" and keras.backend.standardize_dtype(y.dtype) == "float32"
+    assert np.isfinite(np.asarray(y)).all()
+    assert model.get_layer("head_logits").compute_dtype == "float16"
+
+
+@pytest.mark.slow
+def test_inception_aligns_valid_padding_at_two_sizes():
+    for size in (96, 128):
+        model = build_model("inceptionv3_unet", input_shape=(size, size, 3))
+        assert model.output.shape == (None, size, size, 1)
+        assert isinstance(model.get_layer("out_align"), ResizeLike)
+
+
+# ------------------------------------------------------------------------------------ seed 002 parameter counts
+@pytest.mark.parametrize("name,total_m,trainable_m", [("model1_densenet", 22.7, 15.7),
+                                                      ("model2_vgg_attention", 18.8, 4.09),
+                                                      ("model3_vgg_attention_ia", 28.85, 14.1)])
+def test_seed002_parameter_counts_within_10_percent(name, total_m, trainable_m):
+    model = build_model(name, input_shape=(256, 256, 3))
+    total = sum(int(np.prod(w.shape)) for w in model.weights) / 1e6
+    trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights) / 1e6
+    assert total == pytest.approx(total_m, rel=0.10)
+    assert trainable == pytest.approx(trainable_m, rel=0.10)
+
+
+# ------------------------------------------------------------------------------------------- encoder options
+def test_grey_input_equals_repeated_rgb():
+    grey = build_model("vgg16_unet", input_shape=(32, 32, 1))
+    rgb = build_model("vgg16_unet", input_shape=(32, 32, 3))
+    rgb.set_weights(grey.get_weights())                   # ChannelRepeat has no weights: same weight list
+    x = np.random.default_rng(7).random((2, 32, 32, 1)).astype("float32")
+    np.testing.assert_allclose(np.asarray(grey(x)), np.asarray(rgb(np.repeat(x, 3, axis=-1))), atol=1e-6)
+    assert isinstance(grey.get_layer("grey_to_rgb"), ChannelRepeat)
+
+
+def test_encoder_weights_from_path(tmp_path):
+    base = build_backbone("mobilenetv2", (64, 64, 3), weights=None)
+    path = tmp_path / "enc.weights.h5"
+    base.save_weights(path)
+    model = build_model("mobilenetv2_unet", input_shape=(64, 64, 1), encoder_weights=str(path))
+    by_path = {w.path: np.asarray(w) for w in base.weights}
+    enc = model.get_layer("mobilenetv2_encoder")
+    assert len(enc.weights) > 100
+    for w in enc.weights:
+        np.testing.assert_array_equal(np.asarray(w), by_path[w.path])
+    with pytest.raises(FileNotFoundError, match="missing.h5"):
+        build_model("mobilenetv2_unet", input_shape=(64, 64, 1), encoder_weights=str(tmp_path / "missing.h5"))
+
+
+def test_unfreeze_top_blocks():
+    model = build_model("mobilenetv2_unet", input_shape=(64, 64, 1), unfreeze_blocks=1)
+    enc = model.get_layer("mobilenetv2_encoder")
+    names = [layer.name for layer in enc.layers]
+    cut = names.index("block_13_expand_relu")
+    weighted = [layer for layer in enc.layers if layer.weights]
+    assert any(layer.trainable for layer in weighted)
+    for i, layer in enumerate(enc.layers):
+        if not layer.weights:
+            continue
+        deep = i > cut
+        is_bn = isinstance(layer, keras.layers.BatchNormalization)
+        assert layer.trainable == (deep and not is_bn), layer.name
+    fully = build_model("mobilenetv2_unet", input_shape=(64, 64, 1), encoder_freeze=False)
+    assert len(fully.get_layer("mobilenetv2_encoder").trainable_weights) > len(enc.trainable_weights)
+    with pytest.raises(ValueError, match="unfreeze_blocks"):
+        build_model("mobilenetv2_unet", input_shape=(64, 64, 1), unfreeze_blocks=9)
+
+
+# ---------------------------------------------------------------------------------------------- custom layers
+def test_attention_gate_output_in_unit_range_with_skip_shape():
+    for stride in (1, 2):
+        x_in = keras.Input((8, 8, 4))
+        g_in = keras.Input((8 // stride, 8 // stride, 6))
+        gated, psi = attention_gate(x_in, g_in, 3, "ag", gating_stride=stride)
+        model = keras.Model([x_in, g_in], [gated, psi])
+        x = np.random.default_rng(2).normal(size=(2, 8, 8, 4)).astype("float32") * 5
+        g = np.random.default_rng(3).normal(size=(2, 8 // stride, 8 // stride, 6)).astype("float32") * 5
+        gated_v, psi_v = (np.asarray(t) for t in model([x, g]))
+        assert psi_v.shape == (2, 8, 8, 1)
+        assert psi_v.min() >= 0 and psi_v.max() <= 1 and psi_v.std() > 0
+        np.testing.assert_allclose(gated_v, x * psi_v, rtol=1e-5, atol=1e-6)
+
+
+def test_attention_maps_in_built_models_match_skip_shapes():
+    model = build_model("attention_unet", input_shape=(32, 32, 1), base_filters=4, depth=2)
+    assert model.get_layer("att0_psi").output.shape[1:] == (32, 32, 1)
+    assert model.get_layer("att1_psi").output.shape[1:] == (16, 16, 1)
+    m2 = build_model("model2_vgg_attention", input_shape=(64, 64, 3))
+    probe = keras.Model(m2.input, [m2.get_layer(f"att{i}_psi").output for i in range(4)])
+    maps = probe(np.random.default_rng(4).random((1, 64, 64, 3)).astype("float32"))
+    assert [tuple(m.shape[1:3]) for m in maps] == [(8, 8), (16, 16), (32, 32), (64, 64)]
+    assert all(float(np.min(m)) >= 0 and float(np.max(m)) <= 1 for m in maps)
+
+
+def test_wsconv_standardises_kernel_per_filter():
+    layer = WSConv2D(5, 3, padding="same", use_bias=False)
+    x = np.random.default_rng(5).normal(size=(1, 6, 6, 2)).astype("float32")
+    y = np.asarray(layer(x))
+    k = np.asarray(layer.kernel)
+    ks = (k - k.mean(axis=(0, 1, 2))) / np.sqrt(k.var(axis=(0, 1, 2)) + 1e-5)
+    ref = keras.layers.Conv2D(5, 3, padding="same", use_bias=False)
+    ref.build(x.shape)
+    ref.kernel.assign(ks)
+    np.testing.assert_allclose(y, np.asarray(ref(x)), rtol=1e-4, atol=1e-4)
+    std = np.asarray(layer.standardized_kernel())
+    np.testing.assert_allclose(std.mean(axis=(0, 1, 2)), 0, atol=1e-5)
+    assert WSConv2D.from_config(layer.get_config()).epsilon == layer.epsilon
+
+
+@pytest.mark.parametrize("mode,module", [("caffe", "vgg16"), ("torch", "densenet"), ("tf", "mobilenet_v2")])
+def test_imagenet_preprocess_matches_keras_applications(mode, module):
+    x = np.random.default_rng(6).random((1, 4, 4, 3)).astype("float32")
+    ours = np.asarray(ImageNetPreprocess(mode)(x))
+    ref = getattr(keras.applications, module).preprocess_input(x * 255.0)
+    np.testing.assert_allclose(ours, np.asarray(ref), rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(ImageNetPreprocess("raw255")(x)), x * 255.0, rtol=1e-6)
+
+
+def test_resize_like_matches_reference_size_and_keeps_constants():
+    x = np.full((1, 5, 7, 2), 0.25, dtype="float32")
+    ref = np.zeros((1, 11, 13, 1), dtype="float32")
+    out = np.asarray(ResizeLike()([x, ref]))
+    assert out.shape == (1, 11, 13, 2)
+    np.testing.assert_allclose(out, 0.25, atol=1e-6)
+    assert np.asarray(ChannelRepeat(3)(np.ones((1, 2, 2, 1), "float32"))).shape == (1, 2, 2, 3)

@@ -1,0 +1,56 @@
+"""Percentile normalisation and padding: values, dtypes, constant images, bad input."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cellseg_tf.preprocessing import pad_to_multiple, percentile_normalize
+
+
+def test_percentile_stretch_on_16bit_range():
+    img = np.linspace(0, 60000, 101, dtype=np.float64).astype(np.uint16).reshape(1, 101, 1)
+    out = percentile_normalize(img, 2, 98)
+    assert out.dtype == np.float32 and out.shape == img.shape
+    assert out.min() == 0.0 and out.max() == 1.0
+    assert (out[0, :3, 0] == 0).all() and (out[0, -3:, 0] == 1).all()  # darkest/brightest 2 % clipped
+    np.testing.assert_allclose(out[0, 50, 0], 0.5, atol=1e-5)
+    # 8-bit and 16-bit versions of the same picture land on the same [0, 1] scale
+    img8 = (img.astype(np.float64) / 60000 * 255).round().astype(np.uint8)
+    np.testing.assert_allclose(percentile_normalize(img8), out, atol=0.02)
+
+
+def test_per_channel_and_2d_and_configurable():
+    rgb = np.stack([np.arange(100) * 1.0, np.arange(100) * 10.0 + 5, np.full(100, 7.0)], -1).reshape(10, 10, 3)
+    out = percentile_normalize(rgb, 0, 100)
+    np.testing.assert_allclose(out[..., 0], out[..., 1], atol=1e-6)  # each channel stretched on its own
+    assert (out[..., 2] == 0).all()  # constant channel: no division by zero
+    assert percentile_normalize(np.arange(16.0).reshape(4, 4)).shape == (4, 4)
+    assert percentile_normalize(np.full((5, 5), 3, np.uint16)).max() == 0.0
+    with pytest.raises(ValueError, match="percentiles"):
+        percentile_normalize(rgb, 60, 40)
+
+
+def test_nan_and_empty_rejected():
+    x = np.ones((4, 4), np.float32)
+    x[0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        percentile_normalize(x)
+    with pytest.raises(ValueError, match="empty"):
+        percentile_normalize(np.zeros((0, 4)))
+
+
+@pytest.mark.parametrize("mode", ["reflect", "zero"])
+def test_pad_to_multiple(mode):
+    a = np.arange(5 * 7 * 2).reshape(5, 7, 2)
+    p = pad_to_multiple(a, 4, mode)
+    assert p.shape == (8, 8, 2)
+    np.testing.assert_array_equal(p[:5, :7], a)  # crop back with [:H, :W]
+    if mode == "zero":
+        assert (p[5:] == 0).all() and (p[:, 7:] == 0).all()
+    else:
+        np.testing.assert_array_equal(p[5, :7], a[4])  # symmetric reflection
+    assert pad_to_multiple(a, 1, mode, min_size=9).shape == (9, 9, 2)  # small image padded up to a patch
+    assert pad_to_multiple(np.ones((1, 1)), 4, mode).shape == (4, 4)
+    assert pad_to_multiple(a[:4, :4], 4, mode) is not None and pad_to_multiple(a[:4, :4], 4, mode).shape == (4, 4, 2)
+    with pytest.raises(ValueError):
+        pad_to_multiple(a, 4, "wrap")

@@ -1,0 +1,201 @@
+"""Training engine: resume continuity, time budget, encoder freeze/fine-tune phases, mixed precision, strategies."""
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+
+from cellseg_tf.callbacks import read_state
+from cellseg_tf.cli import main
+from cellseg_tf.config import TrainConfig
+from cellseg_tf.training import (encoder_layers, fine_tune_frozen, plan_phases, precision_policy,
+                                 resolve_mixed_precision, train)
+
+STEPS = 2
+
+
+def tiny_config(manifest, out, **kw) -> TrainConfig:
+    base = dict(manifest=str(manifest), out=str(out), epochs=3, patch_size=32, batch_size=2, steps_per_epoch=STEPS,
+                model_options={"base_filters": 4, "depth": 2}, augmentation="none", verbose=0)
+    return TrainConfig(**{**base, **kw})
+
+
+class KillMidEpoch(keras.callbacks.Callback):
+    """Simulates a crash: raises during the first batch of epoch `epoch` (0-based)."""
+
+    def __init__(self, epoch: int):
+        super().__init__()
+        self.kill_epoch, self.epoch = epoch, -1
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.epoch == self.kill_epoch:
+            raise KeyboardInterrupt("simulated kill")
+
+
+def test_resume_after_kill_continues_epochs_history_optimizer_and_schedule(tiny_manifest, tmp_path):
+    run = tmp_path / "run"
+    config = tiny_config(tiny_manifest, run, schedule="exponential",
+                         schedule_options={"decay_steps": STEPS, "decay_rate": 0.5},
+                         sampling_weights={"background": 1, "small": 4, "large": 2},
+                         hard_mining=True, hard_mining_options={"max_patches": 4})
+    with pytest.raises(KeyboardInterrupt):
+        train(config, callbacks=[KillMidEpoch(1)])
+    state = read_state(run)
+    assert state["epochs_done"] == 1 and not state["finished"]
+    assert len(pd.read_csv(run / "history.csv")) == 1
+    assert keras.mixed_precision.global_policy().name == "float32"  # restored despite the crash
+
+    rc = main(["train", "--resume", str(run), "--verbose", "0"])
+    assert rc == 0
+    hist = pd.read_csv(run / "history.csv")
+    assert hist["epoch"].tolist() == [0, 1, 2]
+    # staircase schedule continued from the restored iteration counter: lr at each epoch's first step
+    np.testing.assert_allclose(hist["learning_rate"], [1e-3, 5e-4, 2.5e-4], rtol=1e-5)
+    model = keras.models.load_model(run / "last.keras")
+    assert int(model.optimizer.iterations) == 3 * STEPS
+    state = read_state(run)
+    assert state["finished"] and state["stop_reason"] == "epochs" and state["epochs_done"] == 3
+    assert state["callbacks"]["best"]["best_epoch"] == int(hist["val_dice"].idxmax())
+    assert len(state["callbacks"]["hard_mining"]["indices"]) > 0 and hist["hard_mining_loss"].notna().all()
+    for name in ("best.keras", "last.keras", "config.yaml", "curves.png"):
+        assert (run / name).is_file(), name
+
+    # resuming a finished run trains nothing; raising epochs extends it
+    rc = main(["train", "--resume", str(run), "--epochs", "4", "--verbose", "0"])
+    assert rc == 0
+    assert pd.read_csv(run / "history.csv")["epoch"].tolist() == [0, 1, 2, 3]
+    assert int(keras.models.load_model(run / "last.keras").optimizer.iterations) == 4 * STEPS
+    assert TrainConfig.load(run / "config.yaml").epochs == 4
+
+
+def test_resume_without_state_is_a_clear_error(tmp_path, tiny_manifest):
+    with pytest.raises(FileNotFoundError, match="nothing to resume"):
+        train(tiny_config(tiny_manifest, tmp_path / "empty"), resume=True)
+
+
+@pytest.fixture
+def nested_encoder_model():
+    """Registers a tiny model whose encoder is a nested sub-model named 'encoder' (zoo-style); removed after."""
+    from keras import layers
+
+    from cellseg_tf.models import MODEL_REGISTRY, register_model
+
+    @register_model("_test_nested_encoder", stride=lambda **_: 1)
+    def build(input_shape=(None, None, 1), **_):
+        enc_in = keras.Input(input_shape)
+        e = layers.Conv2D(4, 3, padding="same", name="e_conv1")(enc_in)
+        e = layers.BatchNormalization(name="e_bn")(e)
+        e = layers.Conv2D(4, 3, padding="same", activation="relu", name="e_conv2")(e)
+        encoder = keras.Model(enc_in, e, name="encoder")
+        inp = keras.Input(input_shape)
+        x = layers.Conv2D(4, 3, padding="same", activation="relu", name="dec_conv")(encoder(inp))
+        return keras.Model(inp, layers.Conv2D(1, 1, activation="sigmoid", dtype="float32", name="head")(x))
+
+    yield "_test_nested_encoder"
+    MODEL_REGISTRY.pop("_test_nested_encoder", None)
+
+
+class WeightRecorder(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.snapshots = []
+
+    def on_train_begin(self, logs=None):
+        if not self.snapshots:
+            self.snapshots.append(self._weights())
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.snapshots.append(self._weights())
+
+    def _weights(self):
+        enc = self.model.get_layer("encoder")
+        return {"e_conv1": enc.get_layer("e_conv1").get_weights()[0].copy(),
+                "e_conv2": enc.get_layer("e_conv2").get_weights()[0].copy(),
+                "e_bn": enc.get_layer("e_bn").get_weights()[2].copy(),  # moving mean
+                "dec_conv": self.model.get_layer("dec_conv").get_weights()[0].copy()}
+
+
+def test_freeze_then_fine_tune_top_encoder_layer_at_lower_lr(tiny_manifest, tmp_path, nested_encoder_model):
+    rec = WeightRecorder()
+    config = tiny_config(tiny_manifest, tmp_path / "run", model=nested_encoder_model, model_options={}, epochs=2,
+                         freeze_encoder_epochs=1, fine_tune_layers=1, fine_tune_lr_factor=0.1, learning_rate=1e-2)
+    result = train(config, callbacks=[rec])
+    start, after_frozen, after_tune = rec.snapshots
+    same = lambda a, b, k: np.array_equal(a[k], b[k])  # noqa: E731
+    assert same(start, after_frozen, "e_conv1") and same(start, after_frozen, "e_conv2")
+    assert same(start, after_frozen, "e_bn")
+    assert not same(start, after_frozen, "dec_conv")
+    assert not same(after_frozen, after_tune, "e_conv2")       # deepest encoder layer unfrozen
+    assert same(after_frozen, after_tune, "e_conv1") and same(after_frozen, after_tune, "e_bn")  # rest stays frozen
+    np.testing.assert_allclose(result.history["learning_rate"], [1e-2, 1e-3], rtol=1e-5)
+    assert read_state(tmp_path / "run")["phase"] == "fine_tune"
+
+
+def test_encoder_layers_of_unet_are_the_enc_blocks():
+    from cellseg_tf.models import build_model
+
+    model = build_model("unet", input_shape=(32, 32, 1), base_filters=4, depth=2)
+    enc = encoder_layers(model, TrainConfig().encoder_layers)
+    names = [l.name for l in enc]
+    assert names and all(n.startswith("enc") for n in names)
+    assert {"enc0_a_conv", "enc1_b_bn"} <= set(names)
+    kept = [l.name for l in fine_tune_frozen(enc, 2)]
+    assert "enc1_b_conv" not in kept and "enc1_a_conv" not in kept and "enc1_b_bn" in kept and "enc0_a_conv" in kept
+    assert [p.name for p in plan_phases(TrainConfig(epochs=5, freeze_encoder_epochs=2))] == ["frozen", "fine_tune"]
+    assert [p.name for p in plan_phases(TrainConfig(epochs=5))] == ["train"]
+
+
+def test_precision_policy_sets_and_restores_even_on_error():
+    assert resolve_mixed_precision("on") and not resolve_mixed_precision("off")
+    assert resolve_mixed_precision("auto") is False  # tests run with no GPU visible
+    with precision_policy(True):
+        assert keras.mixed_precision.global_policy().name == "mixed_float16"
+    assert keras.mixed_precision.global_policy().name == "float32"
+    with pytest.raises(RuntimeError):
+        with precision_policy(True):
+            raise RuntimeError("boom")
+    assert keras.mixed_precision.global_policy().name == "float32"
+
+
+def test_mixed_precision_compile_wraps_loss_scaling_and_outputs_float32():
+    from cellseg_tf.losses import get_loss
+    from cellseg_tf.models import build_model
+    from cellseg_tf.schedules import build_optimizer
+
+    with precision_policy(True):
+        model = build_model("unet", input_shape=(32, 32, 1), base_filters=4, depth=2)
+        model.compile(optimizer=build_optimizer("adam", 1e-3), loss=get_loss("bce_dice"))
+        assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+        assert model.get_layer("enc0_a_conv").compute_dtype == "float16"
+        out = model(np.zeros((1, 32, 32, 1), np.float32))
+    assert str(out.dtype) == "float32"
+    assert keras.mixed_precision.global_policy().name == "float32"
+
+
+@pytest.mark.slow
+def test_mixed_precision_run_resumes_with_loss_scale_state(tiny_manifest, tmp_path):
+    run = tmp_path / "run"
+    train(tiny_config(tiny_manifest, run, epochs=1, mixed_precision="on"))
+    assert keras.mixed_precision.global_policy().name == "float32"
+    result = train(tiny_config(tiny_manifest, run, epochs=2, mixed_precision="on"), resume=True)
+    assert read_state(run)["mixed_precision"] is True and len(result.history["loss"]) == 2
+    with precision_policy(True):  # a mixed run's optimizer (LossScaleOptimizer) loads under the mixed policy
+        model = keras.models.load_model(result.last_model)
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    assert int(model.optimizer.iterations) == 2 * STEPS
+
+
+def test_strategy_selection_on_cpu():
+    import tensorflow as tf
+
+    from cellseg_tf.distribute import select_strategy, strategy_name
+
+    assert strategy_name(select_strategy("auto")) == "default"
+    mirrored = select_strategy("mirrored")
+    assert isinstance(mirrored, tf.distribute.MirroredStrategy) and mirrored.num_replicas_in_sync >= 1
+    with pytest.raises(ValueError, match="unknown strategy"):
+        select_strategy("gpu-please")
