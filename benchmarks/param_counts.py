@@ -58,7 +58,8 @@ def main() -> None:
         else:
             dt = dtr = ref_s = "-"
         if args.markdown:
-            print(f"| {name} | {total / 1e6:.2f} | {trainable / 1e6:.2f} | {frozen / 1e6:.2f} | {ref_s} | {dt} | {dtr} |")
+            print(f"| {name} | {total / 1e6:.2f} | {trainable / 1e6:.2f} | {frozen / 1e6:.2f} | {ref_s} "
+                  f"| {dt} | {dtr} |")
         else:
             print(f"{name:26s} {total:12,d} {trainable:12,d} {frozen:12,d}  {ref_s:12s} {dt:>7s} {dtr:>7s} "
                   f"{secs:6.1f}")

@@ -4,7 +4,7 @@ Per input image `<stem>` (see `inference.output_stem`) it writes into OUT:
 - `<stem>.png` — uint8 mask 0/255 at the input's H×W (always; written last, after the optional outputs);
 - `<stem>_prob.npy` or `<stem>_prob.tif` — float32 vote map (`save_prob="npy"|"tiff"`; soft vote: probability,
   hard vote: weighted fraction of models voting "cell"), streamed to a temp file as rows are finished;
-- `<stem>_instances.tif` — instance labels (`instances=True`): connected components of the mask after hole filling,
+- `<stem>_instances.tif` — instance labels (`instances=True`): 8-connected components of the mask after hole filling,
   objects smaller than `min_size` px removed, uint16 (uint32 if there are more than 65535 objects).
 Plus `timings.csv` (image, H, W, read/predict/write seconds, tiles, models, TTA copies) and `failures.csv`
 (file, reason); with `shard=(i, n)` they are `timings.shard<i>of<n>.csv` / `failures.shard<i>of<n>.csv` so that
@@ -96,16 +96,17 @@ def shard_inputs(inputs: Sequence[str], i: int, n: int) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------------ instances
-def instances_from_mask(mask: np.ndarray, min_size: int = 16) -> np.ndarray:
+def instances_from_mask(mask: np.ndarray, min_size: int = 16, connectivity: int = 2) -> np.ndarray:
     """(H, W) bool mask -> (H, W) instance labels 1..K (uint16, or uint32 past 65535 objects), 0 = background.
 
-    Holes are filled, 4-connected components labelled, components smaller than `min_size` px dropped and the
-    remaining ones renumbered consecutively in raster order.
+    Holes are filled, connected components labelled (connectivity 2 = 8-neighbours, as the instance scores in
+    `instances.label_components` count them; 1 = 4-neighbours), components smaller than `min_size` px dropped and
+    the remaining ones renumbered consecutively in raster order.
     """
     from scipy import ndimage
 
     filled = ndimage.binary_fill_holes(np.asarray(mask, bool))
-    labels, n = ndimage.label(filled)
+    labels, n = ndimage.label(filled, structure=ndimage.generate_binary_structure(2, connectivity))
     del filled
     sizes = np.bincount(labels.ravel(), minlength=n + 1)
     keep = sizes >= max(1, min_size)
@@ -302,6 +303,8 @@ def predict_batch(model_paths: Sequence[str], inputs: Sequence[str], out_dir: st
     bar = tqdm(todo, desc="predict", unit="img", disable=not opts.progress)
     for path, paths in bar:
         sink = _ImageOutputs(paths, predictor, opts.save_prob, opts.instances, opts.min_size)
+        if paths["mask"].exists():  # --overwrite: the image counts as not done until its new outputs are in place
+            paths["mask"].unlink()
         try:
             t0 = time.perf_counter()
             _, read_s = predictor.predict_file(path, sink)
@@ -317,6 +320,10 @@ def predict_batch(model_paths: Sequence[str], inputs: Sequence[str], out_dir: st
             sink.abort()
             reason = str(exc) or type(exc).__name__
             failures.append([path, reason if path in reason else f"{type(exc).__name__}: {reason}"])
+        except BaseException:  # Ctrl-C / a Colab stop: no temp files left behind, logs saved, then stop
+            sink.abort()
+            flush()
+            raise
         bar.set_postfix(done=done_count, failed=len(failures), skipped=len(skipped), refresh=False)
         if time.perf_counter() - last_flush > opts.flush_every_s:
             flush()

@@ -48,7 +48,7 @@ class TrainConfig:
     freeze_encoder_epochs: int = 0        # train N epochs with the encoder frozen, then unfreeze it
     fine_tune_layers: int = 0             # weighted encoder layers to unfreeze, deepest first (0 = all)
     fine_tune_lr_factor: float = 0.1      # learning rate after unfreezing = learning_rate × this
-    encoder_layers: list = field(default_factory=lambda: ["enc*", "encoder*", "backbone*"])  # name patterns
+    encoder_layers: list = field(default_factory=lambda: ["enc*", "encoder*", "*_encoder", "backbone*"])  # fnmatch
     # --- distribution ---
     strategy: str = "auto"                # auto | default | mirrored | tpu | multiworker
     # --- patch sampling (cellseg_tf.sampling; both off by default) ---

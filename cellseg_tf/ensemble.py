@@ -136,11 +136,23 @@ def build_tile_fn(models: list, weights: Sequence[float], vote_mode: str = "soft
     transforms = TTA_MODES[tta]
     n_t = len(transforms)
 
+    tf_graph = keras.backend.backend() == "tensorflow"
+
+    def after(x, total):
+        """x, but only once `total` exists: members run one after another, so at most one member's activations
+        are alive at a time (peak memory does not grow with the number of models)."""
+        if total is None or not tf_graph:
+            return x
+        import tensorflow as tf
+
+        with tf.control_dependencies([total]):
+            return tf.identity(x)
+
     def tile_fn(x):
         xs = x if n_t == 1 else ops.concatenate([tta_forward(x, k, f) for k, f in transforms], axis=0)
         total = None
         for model, wi, ti in zip(models, w, t):
-            y = ops.cast(model(xs, training=False), "float32")[..., 0]  # (T·B, P, P)
+            y = ops.cast(model(after(xs, total), training=False), "float32")[..., 0]  # (T·B, P, P)
             if n_t > 1:
                 size = ops.shape(y)[0] // n_t
                 parts = [tta_inverse(y[i * size:(i + 1) * size], k, f) for i, (k, f) in enumerate(transforms)]

@@ -32,7 +32,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .ensemble import TTA_MODES, VOTES, binarize, build_tile_fn, member_weights, normalize_weights
-from .io import IMAGE_EXT, TIFF_EXT, ImageReadError, list_images, open_manifest, read_image, to_channels
+from .io import (IMAGE_EXT, TIFF_EXT, ImageReadError, _tiff_target, list_images, open_manifest, read_image,
+                 to_channels)
 from .manifest import select, split_frame
 from .tiling import axis_origins, blend_window
 
@@ -155,7 +156,7 @@ class TiffRowReader:
         base, frame = split_frame(self.path)
         if not Path(base).is_file():
             raise ImageReadError(f"{base}: file not found")
-        target = base if frame is None else f"GTIFF_DIR:{frame + 1}:{base}"
+        target = _tiff_target(base, frame)  # io's rules: a stack needs '#k', k must exist
         self._stack.enter_context(warnings.catch_warnings())
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         self._stack.enter_context(rasterio.Env(GDAL_CACHEMAX=64))

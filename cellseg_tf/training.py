@@ -222,6 +222,11 @@ def train(config: TrainConfig, samples: list[Sample] | None = None, *, resume: b
     from .schedules import build_optimizer, build_schedule
 
     config.validate()
+    if config.tensorboard:
+        try:
+            import tensorboard  # noqa: F401  (tf.summary needs it; tensorflow-cpu does not install it)
+        except ImportError:
+            raise ValueError("tensorboard: true needs the tensorboard package (pip install tensorboard)") from None
     run = Path(config.out)
     history_path, best_path, last_path = run / "history.csv", run / "best.keras", run / "last.keras"
     state = None

@@ -149,9 +149,13 @@ def test_instances_fill_holes_and_drop_small_objects():
     mask[5:8, 5:8] = False          # a hole: filled
     mask[20:28, 15:25] = True       # second object
     mask[0, 29] = True              # 1-px speck: dropped
+    mask[12, 12] = mask[13, 13] = mask[14, 14] = True  # diagonal strand: joins object 1 with 8-connectivity
     labels = instances_from_mask(mask, min_size=4)
     assert labels.dtype == np.uint16 and labels.max() == 2
     assert (labels[2:12, 2:12] == 1).all() and (labels[20:28, 15:25] == 2).all() and labels[0, 29] == 0
+    assert labels[14, 14] == 1
+    four = instances_from_mask(mask, min_size=1, connectivity=1)
+    assert four.max() == 6 and four[14, 14] not in (0, four[2, 2])  # 3 strand pixels + speck are their own objects
 
 
 def test_cli_predict_options(model_files, images, tmp_path, capsys):

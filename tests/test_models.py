@@ -26,7 +26,8 @@ ENCODER_NAME = {"model1_densenet": "densenet121_encoder", "model2_vgg_attention"
                 "model3_vgg_attention_ia": "vgg16_encoder"}
 HEAVY = {"densenet121_unet", "resnet50_unet", "efficientnetb0_unet", "inceptionv3_unet", "model1_densenet",
          "vgg16_unet"}
-SMALL_OPTIONS = {"unet": dict(base_filters=4, depth=3), "attention_unet": dict(base_filters=4, depth=3)}
+SMALL_OPTIONS = {"unet": dict(base_filters=4, depth=3),
+                 "attention_unet": dict(base_filters=4, depth=3, weight_standardization=True)}
 
 
 def _size(name: str) -> int:
@@ -108,14 +109,14 @@ def test_forward_shape_dtype_range(name):
 
 @pytest.mark.parametrize("name", _maybe_slow(sorted(REQUIRED), also=("mobilenetv2_unet",)))
 def test_keras_round_trip_safe_mode_identical(name, tmp_path):
-    options = {"weight_standardization": True} if name == "attention_unet" else {}
-    if name == "model3_vgg_attention_ia":
-        options = {"normalization": "instance"}
+    options = {"normalization": "instance"} if name == "model3_vgg_attention_ia" else {}
     model = _build(name, **options)
     x = _batch(name, seed=1)
     path = tmp_path / f"{name}.keras"
     model.save(path)
-    loaded = keras.models.load_model(path)              # safe_mode=True, no custom_objects
+    loaded = keras.models.load_model(path, safe_mode=True)   # no custom_objects
+    if name == "attention_unet":
+        assert isinstance(loaded.get_layer("enc0_a_conv"), WSConv2D)
     np.testing.assert_array_equal(np.asarray(model(x, training=False)), np.asarray(loaded(x, training=False)))
     assert len(loaded.trainable_weights) == len(model.trainable_weights)
 
@@ -127,7 +128,8 @@ def test_frozen_encoder_unchanged_decoder_trains(name):
     assert not encoder.trainable_weights                 # frozen by default
     before_enc = [np.array(w) for w in encoder.weights]  # includes BatchNorm moving statistics
     before_dec = [np.array(w) for w in model.trainable_weights]
-    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="binary_crossentropy", run_eagerly=True)  # tracing costs ~10x
+    # run_eagerly: ~10x faster than tracing the graph for a single step
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="binary_crossentropy", run_eagerly=True)
     x = _batch(name)
     y = (x[..., :1] > 0.5).astype("float32")
     model.train_on_batch(x, y)
@@ -140,7 +142,7 @@ def test_frozen_encoder_unchanged_decoder_trains(name):
 @pytest.mark.parametrize("name", _maybe_slow(sorted(REQUIRED)))
 def test_mixed_precision_output_is_float32(name):
     keras.mixed_precision.set_global_policy("mixed_float16")
-    model = _build(name)
+    model = _build(name)   # attention_unet: with WSConv2D
     y = model(_batch(name), training=False)
     assert model.output.dtype == "float32" and keras.backend.standardize_dtype(y.dtype) == "float32"
     assert np.isfinite(np.asarray(y)).all()
@@ -153,6 +155,8 @@ def test_inception_aligns_valid_padding_at_two_sizes():
         model = build_model("inceptionv3_unet", input_shape=(size, size, 3))
         assert model.output.shape == (None, size, size, 1)
         assert isinstance(model.get_layer("out_align"), ResizeLike)
+        y = np.asarray(model(np.random.default_rng(size).random((1, size, size, 3)).astype("float32")))
+        assert y.shape == (1, size, size, 1) and np.isfinite(y).all()
 
 
 # ------------------------------------------------------------------------------------ seed 002 parameter counts
@@ -236,19 +240,24 @@ def test_attention_maps_in_built_models_match_skip_shapes():
     assert all(float(np.min(m)) >= 0 and float(np.max(m)) <= 1 for m in maps)
 
 
-def test_wsconv_standardises_kernel_per_filter():
-    layer = WSConv2D(5, 3, padding="same", use_bias=False)
+@pytest.mark.parametrize("scaled", [False, True])
+def test_wsconv_standardises_kernel_per_filter(scaled):
+    layer = WSConv2D(5, 3, padding="same", use_bias=False, scaled=scaled)
     x = np.random.default_rng(5).normal(size=(1, 6, 6, 2)).astype("float32")
     y = np.asarray(layer(x))
     k = np.asarray(layer.kernel)
     ks = (k - k.mean(axis=(0, 1, 2))) / np.sqrt(k.var(axis=(0, 1, 2)) + 1e-5)
+    if scaled:
+        ks = ks / np.sqrt(3 * 3 * 2)
     ref = keras.layers.Conv2D(5, 3, padding="same", use_bias=False)
     ref.build(x.shape)
     ref.kernel.assign(ks)
     np.testing.assert_allclose(y, np.asarray(ref(x)), rtol=1e-4, atol=1e-4)
     std = np.asarray(layer.standardized_kernel())
     np.testing.assert_allclose(std.mean(axis=(0, 1, 2)), 0, atol=1e-5)
-    assert WSConv2D.from_config(layer.get_config()).epsilon == layer.epsilon
+    np.testing.assert_allclose(std.std(axis=(0, 1, 2)), 1 / np.sqrt(18) if scaled else 1, rtol=1e-3)
+    clone = WSConv2D.from_config(layer.get_config())
+    assert (clone.epsilon, clone.scaled) == (layer.epsilon, scaled)
 
 
 @pytest.mark.parametrize("mode,module", [("caffe", "vgg16"), ("torch", "densenet"), ("tf", "mobilenet_v2")])

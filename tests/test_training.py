@@ -10,7 +10,7 @@ from cellseg_tf.callbacks import read_state
 from cellseg_tf.cli import main
 from cellseg_tf.config import TrainConfig
 from cellseg_tf.training import (encoder_layers, fine_tune_frozen, plan_phases, precision_policy,
-                                 resolve_mixed_precision, train)
+                                 resolve_mixed_precision, set_trainable, train)
 
 STEPS = 2
 
@@ -122,7 +122,8 @@ class WeightRecorder(keras.callbacks.Callback):
 def test_freeze_then_fine_tune_top_encoder_layer_at_lower_lr(tiny_manifest, tmp_path, nested_encoder_model):
     rec = WeightRecorder()
     config = tiny_config(tiny_manifest, tmp_path / "run", model=nested_encoder_model, model_options={}, epochs=2,
-                         freeze_encoder_epochs=1, fine_tune_layers=1, fine_tune_lr_factor=0.1, learning_rate=1e-2)
+                         freeze_encoder_epochs=1, fine_tune_layers=1, fine_tune_lr_factor=0.1, learning_rate=1e-2,
+                         checkpoint_every_epoch=True)
     result = train(config, callbacks=[rec])
     start, after_frozen, after_tune = rec.snapshots
     same = lambda a, b, k: np.array_equal(a[k], b[k])  # noqa: E731
@@ -133,6 +134,20 @@ def test_freeze_then_fine_tune_top_encoder_layer_at_lower_lr(tiny_manifest, tmp_
     assert same(after_frozen, after_tune, "e_conv1") and same(after_frozen, after_tune, "e_bn")  # rest stays frozen
     np.testing.assert_allclose(result.history["learning_rate"], [1e-2, 1e-3], rtol=1e-5)
     assert read_state(tmp_path / "run")["phase"] == "fine_tune"
+    run = tmp_path / "run"
+    assert sorted(p.name for p in (run / "epochs").iterdir()) == ["epoch_001.keras", "epoch_002.keras"]
+
+
+def test_tensorboard_without_the_package_is_a_clear_error(tiny_manifest, tmp_path):
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        with pytest.raises(ValueError, match="pip install tensorboard"):
+            train(tiny_config(tiny_manifest, tmp_path / "run", tensorboard=True))
+        assert not (tmp_path / "run").exists()
+    else:
+        result = train(tiny_config(tiny_manifest, tmp_path / "run", epochs=1, tensorboard=True))
+        assert list((result.run_dir / "tensorboard").rglob("events.out.tfevents.*"))
 
 
 def test_encoder_layers_of_unet_are_the_enc_blocks():
@@ -147,6 +162,21 @@ def test_encoder_layers_of_unet_are_the_enc_blocks():
     assert "enc1_b_conv" not in kept and "enc1_a_conv" not in kept and "enc1_b_bn" in kept and "enc0_a_conv" in kept
     assert [p.name for p in plan_phases(TrainConfig(epochs=5, freeze_encoder_epochs=2))] == ["frozen", "fine_tune"]
     assert [p.name for p in plan_phases(TrainConfig(epochs=5))] == ["train"]
+
+
+def test_fine_tune_selection_on_a_zoo_encoder_model():
+    from cellseg_tf.models import available_models, build_model
+
+    if "mobilenetv2_unet" not in available_models():
+        pytest.skip("model zoo encoder models not available")
+    model = build_model("mobilenetv2_unet", input_shape=(32, 32, 1), encoder_weights=None, encoder_freeze=False)
+    enc = encoder_layers(model, TrainConfig().encoder_layers)  # found by the nested '*_encoder' sub-model name
+    assert len(enc) > 50 and not any(l.name.startswith(("dec", "head")) for l in enc)
+    set_trainable(model, fine_tune_frozen(enc, 3))
+    unfrozen = [l for l in enc if l.trainable]
+    assert len(unfrozen) == 3 and unfrozen[-1] is enc[-1 if not isinstance(enc[-1], keras.layers.BatchNormalization)
+                                                     else -2]
+    assert model.get_layer("head_logits").trainable
 
 
 def test_precision_policy_sets_and_restores_even_on_error():
@@ -172,7 +202,7 @@ def test_mixed_precision_compile_wraps_loss_scaling_and_outputs_float32():
         assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
         assert model.get_layer("enc0_a_conv").compute_dtype == "float16"
         out = model(np.zeros((1, 32, 32, 1), np.float32))
-    assert str(out.dtype) == "float32"
+    assert keras.backend.standardize_dtype(out.dtype) == "float32"
     assert keras.mixed_precision.global_policy().name == "float32"
 
 

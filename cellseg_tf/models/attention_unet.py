@@ -1,6 +1,7 @@
 """Attention U-Net (Oktay et al. 2018; seed 000 §2.2, Fig. 1): the `unet` encoder/decoder with an additive
 attention gate on every skip, gated by the coarser decoder features; optional weight-standardised convolutions
-(WSConv2D, seed 000 Fig. 1). Stride 2**depth. Attention maps are layers `att{level}_psi` (B, H_l, W_l, 1) in [0, 1].
+(WSConv2D, seed 000 Fig. 1; scaled WS, float16-safe). Stride 2**depth. Attention maps are layers
+`att{level}_psi` (B, H_l, W_l, 1) in [0, 1].
 """
 from __future__ import annotations
 

@@ -87,7 +87,8 @@ def _layer(base: keras.Model, ref: LayerRef):
     return base.layers[ref] if isinstance(ref, int) else base.get_layer(ref)
 
 
-def build_encoder(name: str, input_shape: tuple = (None, None, 3), weights=None, skips: Sequence[LayerRef] | None = None,
+def build_encoder(name: str, input_shape: tuple = (None, None, 3), weights=None,
+                  skips: Sequence[LayerRef] | None = None,
                   bridge: LayerRef | None = None, freeze: bool = True, unfreeze_blocks: int = 0,
                   train_bn: bool = False) -> keras.Model:
     """Multi-output encoder `{name}_encoder`: preprocessed (B, H, W, 3) -> [skip_1, ..., skip_n, bridge].

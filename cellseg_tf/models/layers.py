@@ -22,26 +22,35 @@ class WSConv2D(layers.Conv2D):
     """Conv2D with weight standardisation (Qiao et al. 2019; seed 000 Fig. 1 "WSConv").
 
     Each output filter's kernel is standardised to zero mean / unit variance over (kh, kw, C_in) before the
-    convolution, which smooths the loss landscape for small-batch training. Same arguments as Conv2D plus `epsilon`.
+    convolution, which smooths the loss landscape for small-batch training. With `scaled=True` (default) it is then
+    divided by sqrt(kh·kw·C_in) ("scaled WS", Brock et al. 2021) so activations keep their magnitude: unit-variance
+    kernels grow activations ~sqrt(fan_in)× per layer, which overflows float16 under mixed precision before
+    BatchNorm statistics have adapted. A following BatchNorm makes the two variants equivalent.
+    Same arguments as Conv2D plus `epsilon` and `scaled`.
     """
 
-    def __init__(self, *args, epsilon: float = 1e-5, **kwargs):
+    def __init__(self, *args, epsilon: float = 1e-5, scaled: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
         self.epsilon = float(epsilon)
+        self.scaled = bool(scaled)
 
     def standardized_kernel(self, kernel=None):
         """The kernel actually convolved: (kh, kw, C_in, filters), standardised per filter (computed in float32)."""
         k = ops.cast(self.kernel if kernel is None else kernel, "float32")
         mean = ops.mean(k, axis=(0, 1, 2), keepdims=True)
         var = ops.var(k, axis=(0, 1, 2), keepdims=True)
-        return (k - mean) / ops.sqrt(var + self.epsilon)
+        k = (k - mean) / ops.sqrt(var + self.epsilon)
+        if self.scaled:
+            fan_in = k.shape[0] * k.shape[1] * k.shape[2]
+            k = k / float(fan_in) ** 0.5
+        return k
 
     def convolution_op(self, inputs, kernel):
         k = ops.cast(self.standardized_kernel(kernel), inputs.dtype)
         return super().convolution_op(inputs, k)
 
     def get_config(self) -> dict:
-        return {**super().get_config(), "epsilon": self.epsilon}
+        return {**super().get_config(), "epsilon": self.epsilon, "scaled": self.scaled}
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
