@@ -6,7 +6,7 @@ Trains, for the same wall-clock budget on this machine and in one run:
     non-overlapping 256² tiles at threshold 0.5;
   * ours — `cellseg_tf.train(TrainConfig(...))` with the package defaults and `time_budget_s`, predicted with the
     default Predictor;
-then scores both on the test images with the same evaluation code and prints measured figures. Last line:
+then scores both (ours also with --tta d4) on the test images with the same evaluation code and prints measured figures. Last line:
 `baseline_dice=<v> ours_dice=<v> delta=<v> minutes=<v>`.
 
 Usage: python benchmarks/bench_isbi.py [--minutes 12] [--data ../shared/data/isbi2012_em]
@@ -101,9 +101,12 @@ def main() -> None:
 
     config = TrainConfig(manifest=str(manifest), out=str(Path(args.out) / "ours"), time_budget_s=seconds, verbose=2)
     result = train(config)
-    ours = score(Predictor(load_models([result.best_model])), test_pairs)
+    models = load_models([result.best_model])
+    ours = score(Predictor(models), test_pairs)
     print(f"ours: {len(result.history['loss'])} epochs in {result.train_seconds:.0f} s "
           f"(best val Dice {result.best_val_dice:.4f}) -> test Dice {ours:.4f}", flush=True)
+    ours_tta = score(Predictor(models, tta="d4"), test_pairs)
+    print(f"ours + 8-fold test-time augmentation (predict --tta d4): test Dice {ours_tta:.4f}", flush=True)
     print(f"baseline_dice={baseline:.4f} ours_dice={ours:.4f} delta={ours - baseline:+.4f} minutes={args.minutes:g}")
 
 

@@ -138,9 +138,11 @@ class LearningRateLogger(keras.callbacks.Callback):
 
 
 class TimeBudget(keras.callbacks.Callback):
-    """Stops training at the end of the first epoch that ends after `seconds` of training in total.
+    """Stops training once `seconds` of training have passed in total, at the next batch end.
 
-    `already_s`: training seconds spent before this fit call (earlier phases or the run being resumed).
+    The interrupted epoch is cut short but still validated, checkpointed and logged, so a time-limited run overshoots
+    its budget by at most one validation pass. `already_s`: training seconds spent before this fit call (earlier
+    phases or the run being resumed).
     """
 
     def __init__(self, seconds: float, already_s: float = 0.0):
@@ -150,10 +152,55 @@ class TimeBudget(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         self.start = time.perf_counter()
 
-    def on_epoch_end(self, epoch, logs=None):
+    def _check(self):
         if self.already_s + time.perf_counter() - self.start >= self.seconds:
             self.triggered = True
             self.model.stop_training = True
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._check()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._check()
+
+
+class CosineAnnealing(keras.callbacks.Callback):
+    """Cosine learning-rate decay from `learning_rate` to `learning_rate·alpha`, over steps or over time.
+
+    Progress is the larger of (optimizer steps / total_steps) and (training seconds / time_budget_s), so a run with a
+    time budget anneals fully by the end of its budget however fast the machine is (an "anytime" schedule), and a
+    run without one anneals over its planned epochs. Resumes from the restored optimizer iteration count and the
+    training seconds already spent (`already_s`). Warm-up: linear over the first `warmup_steps` steps.
+    """
+
+    def __init__(self, learning_rate: float, total_steps: int, time_budget_s: float = 0.0, alpha: float = 0.02,
+                 warmup_steps: int = 0, already_s: float = 0.0):
+        super().__init__()
+        self.base, self.total = float(learning_rate), max(1, int(total_steps))
+        self.budget, self.alpha, self.warmup = float(time_budget_s), float(alpha), int(warmup_steps)
+        self.already_s = float(already_s)
+
+    def on_train_begin(self, logs=None):
+        self.start = time.perf_counter()
+
+    def progress(self, step: int, seconds: float) -> float:
+        p = step / self.total
+        if self.budget > 0:
+            p = max(p, seconds / self.budget)
+        return min(1.0, p)
+
+    def rate(self, step: int, seconds: float) -> float:
+        """Learning rate at optimizer step `step` after `seconds` of training."""
+        cos = 0.5 * (1.0 + math.cos(math.pi * self.progress(step, seconds)))
+        lr = self.base * (self.alpha + (1.0 - self.alpha) * cos)
+        if self.warmup > 0 and step < self.warmup:
+            lr *= (step + 1) / self.warmup
+        return lr
+
+    def on_train_batch_begin(self, batch, logs=None):
+        step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+        seconds = self.already_s + time.perf_counter() - self.start
+        self.model.optimizer.learning_rate = self.rate(step, seconds)
 
 
 class RunState(keras.callbacks.Callback):

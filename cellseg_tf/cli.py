@@ -88,7 +88,7 @@ def _add_train_flags(p) -> None:
     p.add_argument("--augmentation")
     p.add_argument("--lr", type=float)
     p.add_argument("--optimizer", help="adam (default) | adamw | sgd")
-    p.add_argument("--schedule", help="constant | exponential | plateau (options via --set schedule_options=...)")
+    p.add_argument("--schedule", help="cosine (default) | constant | exponential | plateau (options: --set schedule_options=...)")
     p.add_argument("--patience", type=int, help="early-stopping patience in epochs (0 disables)")
     p.add_argument("--checkpoint-every-epoch", action="store_true", help="also keep RUN/epochs/epoch_NNN.keras")
     p.add_argument("--tensorboard", action="store_true", help="write RUN/tensorboard/")

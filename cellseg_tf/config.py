@@ -39,7 +39,7 @@ class TrainConfig:
     # --- optimiser and learning-rate schedule (cellseg_tf.schedules registries) ---
     optimizer: str = "adam"            # adam | adamw | sgd
     optimizer_options: dict = field(default_factory=dict)
-    schedule: str = "constant"         # constant | exponential (staircase, seed 002) | plateau (ReduceLROnPlateau)
+    schedule: str = "cosine"           # cosine (over steps or time budget) | constant | exponential (seed 002) | plateau
     schedule_options: dict = field(default_factory=dict)  # e.g. {decay_steps: 9000, decay_rate: 0.9}
     # --- callbacks ---
     checkpoint_every_epoch: bool = False  # also keep RUN/epochs/epoch_XXX.keras (choose ensemble members later)

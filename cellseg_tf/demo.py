@@ -10,7 +10,7 @@ import numpy as np
 
 from .config import TrainConfig
 from .evaluation import evaluate_folder, prediction_path, summarize
-from .inference import predict_batch
+from .batch_predict import predict_batch
 from .io import open_manifest, read_image, read_mask, write_png
 from .manifest import select
 from .preprocessing import percentile_normalize

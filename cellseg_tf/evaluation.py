@@ -213,7 +213,7 @@ def image_scores(pred: np.ndarray, truth: np.ndarray, groups=tuple(METRIC_GROUPS
 
 
 def prediction_path(pred_dir: str | os.PathLike, sample: Sample) -> Path:
-    """Where `inference.predict_batch` writes the mask of `sample`: PRED_DIR/<stem>.png."""
+    """Where `batch_predict.predict_batch` writes the mask of `sample`: PRED_DIR/<stem>.png."""
     return Path(pred_dir) / f"{sample.stem}.png"
 
 

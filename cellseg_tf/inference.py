@@ -32,7 +32,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .ensemble import TTA_MODES, VOTES, binarize, build_tile_fn, member_weights, normalize_weights
-from .io import (IMAGE_EXT, TIFF_EXT, ImageReadError, _tiff_target, list_images, open_manifest, read_image,
+from .io import (IMAGE_EXT, TIFF_EXT, ImageReadError, tiff_target, list_images, open_manifest, read_image,
                  to_channels)
 from .manifest import select, split_frame
 from .tiling import axis_origins, blend_window
@@ -156,7 +156,7 @@ class TiffRowReader:
         base, frame = split_frame(self.path)
         if not Path(base).is_file():
             raise ImageReadError(f"{base}: file not found")
-        target = _tiff_target(base, frame)  # io's rules: a stack needs '#k', k must exist
+        target = tiff_target(base, frame)  # io's rules: a stack needs '#k', k must exist
         self._stack.enter_context(warnings.catch_warnings())
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         self._stack.enter_context(rasterio.Env(GDAL_CACHEMAX=64))
@@ -492,13 +492,3 @@ def output_stem(path: str) -> str:
     if sep and frame.isdigit():
         return f"{Path(base).stem}_f{frame}"
     return Path(path).stem
-
-
-def predict_batch(model_paths: list[str], inputs: list[str], out_dir: str | os.PathLike, patch_size: int | None = None,
-                  overlap: float = 0.25, threshold: float = 0.5, batch_size: int = 8, progress: bool = True,
-                  **options) -> dict:
-    """Compatibility entry point; the batch job lives in `batch_predict.predict_batch` (see it for `options`)."""
-    from .batch_predict import predict_batch as _predict_batch  # the batch job is the stage after inference
-
-    return _predict_batch(model_paths, inputs, out_dir, patch_size=patch_size, overlap=overlap, threshold=threshold,
-                          batch_size=batch_size, progress=progress, **options)

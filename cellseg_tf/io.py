@@ -41,7 +41,7 @@ def _tiff_pages(path: str) -> int:
     return max(1, len(subs))
 
 
-def _tiff_target(path: str, frame: int | None) -> str:
+def tiff_target(path: str, frame: int | None) -> str:
     """The rasterio name of `path` (frame None: must be single-page) or of page `frame` (0-based)."""
     pages = _tiff_pages(path)
     if frame is None:
@@ -59,7 +59,7 @@ def _read_tiff(path: str, frame: int | None) -> np.ndarray:
     import rasterio
     from rasterio.errors import NotGeoreferencedWarning
 
-    target = _tiff_target(path, frame)
+    target = tiff_target(path, frame)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
         try:
@@ -229,7 +229,7 @@ def image_shape(path: str | os.PathLike) -> tuple[int, int, int]:
         import rasterio
         from rasterio.errors import NotGeoreferencedWarning
 
-        target = _tiff_target(base, frame)
+        target = tiff_target(base, frame)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             try:

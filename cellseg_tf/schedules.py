@@ -5,6 +5,8 @@
 - exponential: staircase exponential decay, lr·rate^floor(step / decay_steps) (seed 002: ×0.9 every 9000 steps);
   `decay_epochs` may be given instead of `decay_steps`. A Keras LearningRateSchedule, so it is saved inside the
   .keras file and continues from the optimizer's iteration counter after a resume.
+- cosine (default): cosine decay over the planned steps or, when the run has a time budget, over the budget —
+  whichever ends first — so a time-limited run always finishes annealed (see callbacks.CosineAnnealing).
 - plateau: a fixed rate divided by `1/factor` when val_dice stalls for `patience` epochs (ReduceLROnPlateau, seed 001);
   the reduced rate lives in the optimizer variables and the counters in train_state.json, so it survives a resume.
 """
@@ -12,6 +14,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Callable
+
+
+@dataclass
+class RunPlan:
+    """What the training engine knows about the run a schedule must fit: steps in this phase, time budget, seconds
+    already trained (resume)."""
+
+    total_steps: int = 0
+    time_budget_s: float = 0.0
+    elapsed_s: float = 0.0
 
 
 @dataclass
@@ -55,14 +67,15 @@ def _check_options(name: str, options: dict, allowed: tuple) -> None:
 
 
 @register_schedule("constant")
-def constant(learning_rate: float, steps_per_epoch: int, **options) -> Schedule:
+def constant(learning_rate: float, steps_per_epoch: int, plan: RunPlan | None = None, **options) -> Schedule:
     _check_options("constant", options, ())
     return Schedule(float(learning_rate))
 
 
 @register_schedule("exponential")
 def exponential(learning_rate: float, steps_per_epoch: int, decay_steps: int | None = None,
-                decay_epochs: float | None = None, decay_rate: float = 0.9, staircase: bool = True) -> Schedule:
+                decay_epochs: float | None = None, decay_rate: float = 0.9, staircase: bool = True,
+                plan: RunPlan | None = None) -> Schedule:
     """lr · decay_rate^floor(step / decay_steps); defaults follow seed 002 (0.9 every 9000 steps)."""
     import keras
 
@@ -80,7 +93,8 @@ def exponential(learning_rate: float, steps_per_epoch: int, decay_steps: int | N
 
 @register_schedule("plateau")
 def plateau(learning_rate: float, steps_per_epoch: int, factor: float = 0.5, patience: int = 3,
-            min_lr: float = 1e-6, cooldown: int = 0, monitor: str = "val_dice", mode: str = "max") -> Schedule:
+            min_lr: float = 1e-6, cooldown: int = 0, monitor: str = "val_dice", mode: str = "max",
+            plan: RunPlan | None = None) -> Schedule:
     """Fixed rate, multiplied by `factor` after `patience` epochs without a better `monitor` (ReduceLROnPlateau)."""
     from .callbacks import ResumableReduceLROnPlateau
 
@@ -91,10 +105,27 @@ def plateau(learning_rate: float, steps_per_epoch: int, factor: float = 0.5, pat
     return Schedule(float(learning_rate), [cb])
 
 
-def build_schedule(name: str, learning_rate: float, steps_per_epoch: int = 1, **options) -> Schedule:
+@register_schedule("cosine")
+def cosine(learning_rate: float, steps_per_epoch: int, alpha: float = 0.02, warmup_steps: int = 0,
+           plan: RunPlan | None = None) -> Schedule:
+    """lr·(alpha + (1-alpha)·½(1 + cos(π·progress))), progress = max(step/total_steps, seconds/time_budget)."""
+    from .callbacks import CosineAnnealing
+
+    if not 0 <= alpha <= 1:
+        raise ValueError(f"cosine schedule: alpha must be in [0, 1], got {alpha}")
+    plan = plan or RunPlan()
+    total = plan.total_steps or steps_per_epoch
+    cb = CosineAnnealing(float(learning_rate), total, plan.time_budget_s, float(alpha), int(warmup_steps),
+                         plan.elapsed_s)
+    return Schedule(float(learning_rate), [cb])
+
+
+def build_schedule(name: str, learning_rate: float, steps_per_epoch: int = 1, plan: RunPlan | None = None,
+                   **options) -> Schedule:
+    """The registered schedule `name` for a phase of the run described by `plan`."""
     if name not in SCHEDULE_REGISTRY:
         raise KeyError(f"unknown schedule {name!r}; available: {', '.join(available_schedules())}")
-    return SCHEDULE_REGISTRY[name](learning_rate, steps_per_epoch, **options)
+    return SCHEDULE_REGISTRY[name](learning_rate, steps_per_epoch, plan=plan, **options)
 
 
 def learning_rate_at(learning_rate, step: int) -> float:

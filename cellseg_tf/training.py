@@ -219,7 +219,7 @@ def train(config: TrainConfig, samples: list[Sample] | None = None, *, resume: b
     from .losses import get_loss
     from .metrics import default_metrics
     from .models import build_model
-    from .schedules import build_optimizer, build_schedule
+    from .schedules import RunPlan, build_optimizer, build_schedule
 
     config.validate()
     if config.tensorboard:
@@ -294,7 +294,9 @@ def train(config: TrainConfig, samples: list[Sample] | None = None, *, resume: b
         if phase.end <= epoch:
             continue
         lr = config.learning_rate * phase.lr_factor
-        schedule = build_schedule(config.schedule, lr, steps, **config.schedule_options)
+        plan = RunPlan(total_steps=(phase.end - phase.start) * steps, time_budget_s=config.time_budget_s,
+                       elapsed_s=elapsed)
+        schedule = build_schedule(config.schedule, lr, steps, plan=plan, **config.schedule_options)
         with precision_policy(mixed), strategy.scope():
             if model is None:
                 model = build_model(config.model, input_shape=(config.patch_size, config.patch_size, config.channels),

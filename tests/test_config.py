@@ -30,7 +30,7 @@ def test_round_trip(tmp_path, suffix):
 def test_defaults_are_stable():
     d = TrainConfig()
     assert (d.model, d.loss, d.optimizer, d.schedule, d.mixed_precision, d.strategy) == (
-        "unet", "bce_dice", "adam", "constant", "auto", "auto")
+        "unet", "bce_dice", "adam", "cosine", "auto", "auto")
     assert d.freeze_encoder_epochs == 0 and not d.checkpoint_every_epoch and not d.tensorboard
 
 

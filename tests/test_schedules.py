@@ -64,3 +64,39 @@ def test_optimizers():
     assert sgd.momentum == pytest.approx(0.9)
     with pytest.raises(ValueError, match="bad option"):
         build_optimizer("adam", 1e-3, nonsense=1)
+
+
+def test_cosine_schedule_anneals_over_steps_or_time_whichever_is_first():
+    from cellseg_tf.schedules import RunPlan
+
+    cb = build_schedule("cosine", 1e-3, steps_per_epoch=10, plan=RunPlan(total_steps=100)).callbacks[0]
+    assert cb.rate(0, 0.0) == pytest.approx(1e-3)
+    assert cb.rate(50, 0.0) == pytest.approx(1e-3 * (0.02 + 0.98 * 0.5))
+    assert cb.rate(100, 0.0) == pytest.approx(1e-3 * 0.02)
+    assert cb.rate(500, 0.0) == pytest.approx(1e-3 * 0.02)  # clamped after the end
+    timed = build_schedule("cosine", 1e-3, 10, plan=RunPlan(total_steps=100, time_budget_s=60.0)).callbacks[0]
+    assert timed.rate(10, 30.0) == pytest.approx(1e-3 * (0.02 + 0.98 * 0.5))  # time is further along than steps
+    assert timed.rate(75, 30.0) == pytest.approx(cb.rate(75, 0.0))              # steps are further along
+    warm = build_schedule("cosine", 1.0, 10, warmup_steps=4, plan=RunPlan(total_steps=1000)).callbacks[0]
+    assert warm.rate(0, 0.0) == pytest.approx(0.25, rel=1e-3) and warm.rate(3, 0.0) == pytest.approx(1.0, rel=1e-3)
+    with pytest.raises(ValueError, match="alpha"):
+        build_schedule("cosine", 1e-3, 10, alpha=2.0)
+
+
+def test_cosine_schedule_sets_the_optimizer_rate_during_fit():
+    import keras
+    import numpy as np
+
+    from cellseg_tf.schedules import RunPlan
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+    sched = build_schedule("cosine", 0.1, steps_per_epoch=4, plan=RunPlan(total_steps=8))
+    model.compile(keras.optimizers.SGD(sched.learning_rate), "mse")
+    seen = []
+    record = keras.callbacks.LambdaCallback(
+        on_train_batch_end=lambda b, logs: seen.append(float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))))
+    x, y = np.ones((32, 4), "float32"), np.zeros((32, 1), "float32")
+    model.fit(x, y, batch_size=4, epochs=1, steps_per_epoch=8, callbacks=sched.callbacks + [record], verbose=0)
+    expected = [sched.callbacks[0].rate(i, 0.0) for i in range(8)]
+    assert np.allclose(seen, expected, rtol=1e-5) and seen[0] > seen[-1]
