@@ -18,7 +18,9 @@ $(BIN)/python:
 
 $(STAMP): $(BIN)/python requirements.txt pyproject.toml
 	$(BIN)/python -c "import tensorflow" 2>/dev/null || $(BIN)/pip install "$(TF_PKG)>=2.16"
-	$(BIN)/pip install -r requirements.txt
+	# TensorFlow is in place (tensorflow-cpu is another distribution name): keep pip from adding the full wheel too.
+	grep -v '^tensorflow' requirements.txt > $(VENV)/requirements-without-tf.txt
+	$(BIN)/pip install -r $(VENV)/requirements-without-tf.txt
 	# patchify 0.2.3 declares numpy<2; --no-deps keeps numpy 2 (and Colab's stack) intact.
 	$(BIN)/pip install --no-deps "patchify==0.2.3"
 	$(BIN)/pip install --no-deps -e .

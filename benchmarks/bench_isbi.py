@@ -85,6 +85,8 @@ def main() -> None:
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "isbi2012_em"))
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench_isbi"))
     ap.add_argument("--skip-baseline", action="store_true")
+    ap.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="override a TrainConfig default for 'ours' (ablations), e.g. --set learning_rate=1e-4")
     args = ap.parse_args()
     manifest = Path(args.data) / "manifest.csv"
     if not manifest.is_file():
@@ -100,6 +102,7 @@ def main() -> None:
         print(f"baseline: {steps} steps of 8×256² in {secs:.0f} s -> test Dice {baseline:.4f}", flush=True)
 
     config = TrainConfig(manifest=str(manifest), out=str(Path(args.out) / "ours"), time_budget_s=seconds, verbose=2)
+    config.override(args.set)
     result = train(config)
     models = load_models([result.best_model])
     ours = score(Predictor(models), test_pairs)

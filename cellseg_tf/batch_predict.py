@@ -30,6 +30,7 @@ import numpy as np
 from .ensemble import TTA_MODES
 from .inference import Predictor, output_stem
 from .io import write_png, write_tiff
+from .manifest import split_frame
 
 PROB_FORMATS = {"npy": ".npy", "tiff": ".tif"}
 TIMING_HEADER = ["image", "height", "width", "read_s", "predict_s", "write_s", "tiles", "models", "tta_copies"]
@@ -55,6 +56,9 @@ class BatchOptions:
     min_size: int = 16
     overwrite: bool = False
     shard: tuple[int, int] | None = None
+    norm_low: float | None = None      # None: the percentiles of the models' run config.yaml, else 2
+    norm_high: float | None = None     # None: likewise, else 98
+    precision: str = "auto"            # auto | float32 | saved (see inference.load_models)
     progress: bool = True
     flush_every_s: float = 5.0         # rewrite the CSV logs at most this often (and at the end)
 
@@ -65,7 +69,32 @@ class BatchOptions:
             raise ValueError(f"min_size must be >= 0, got {self.min_size}")
         if self.shard is not None:
             check_shard(*self.shard)
+        if self.model_thresholds is not None and self.vote != "hard":
+            raise ValueError("per-model thresholds apply to the hard vote only (--vote hard); the soft vote "
+                             "thresholds the mean probability at --threshold")
+        if self.precision not in ("auto", "float32", "saved"):
+            raise ValueError(f"precision must be auto, float32 or saved, got {self.precision!r}")
         return self
+
+
+def expand_model_list(models: Sequence[str | os.PathLike]) -> list[str]:
+    """Model arguments -> `.keras` paths: a `.txt` file lists one model per line (relative to the list's folder;
+    '#' comments), e.g. CVDIR/models.txt written by `cellseg-tf cv`."""
+    paths: list[str] = []
+    for m in models:
+        m = Path(m)
+        if m.suffix.lower() != ".txt":
+            paths.append(str(m))
+            continue
+        if not m.is_file():
+            raise FileNotFoundError(f"{m}: model list not found")
+        for line in m.read_text().splitlines():
+            line = line.strip()
+            if line and not line.startswith("#"):
+                paths.append(str(Path(line) if Path(line).is_absolute() else m.parent / line))
+        if not paths:
+            raise ValueError(f"{m}: the model list is empty")
+    return paths
 
 
 # ------------------------------------------------------------------------------------------------- sharding
@@ -263,11 +292,17 @@ def predict_batch(model_paths: Sequence[str], inputs: Sequence[str], out_dir: st
     out.mkdir(parents=True, exist_ok=True)
     timings_name, failures_name = log_names(opts.shard)
 
+    out_resolved = out.resolve()
     inputs = [str(p) for p in inputs]
     failures: list[list] = []
     first_of: dict[str, str] = {}
     unique = []
     for p in inputs:  # two inputs with one stem would overwrite each other's outputs
+        source = Path(split_frame(p)[0]).resolve()
+        if source in {f.resolve() for f in output_paths(out, output_stem(p), opts.save_prob, opts.instances).values()}:
+            failures.append([p, f"its output would overwrite the input itself; choose an --out folder other than "
+                                f"{out}"])
+            continue
         stem = output_stem(p)
         if stem in first_of:
             failures.append([p, f"output name {stem!r} is already used by {first_of[stem]}; "
@@ -297,7 +332,9 @@ def predict_batch(model_paths: Sequence[str], inputs: Sequence[str], out_dir: st
                                          model_weights=opts.model_weights, patch_size=opts.patch_size,
                                          overlap=opts.overlap, batch_size=opts.batch_size, tiling=opts.tiling,
                                          vote=opts.vote, threshold=opts.threshold,
-                                         model_thresholds=opts.model_thresholds, tta=opts.tta)
+                                         model_thresholds=opts.model_thresholds, tta=opts.tta,
+                                         norm_low=opts.norm_low, norm_high=opts.norm_high,
+                                         precision=opts.precision)
     n_tta = len(TTA_MODES[opts.tta])
     done_count, last_flush = 0, time.perf_counter()
     bar = tqdm(todo, desc="predict", unit="img", disable=not opts.progress)

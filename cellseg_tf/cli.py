@@ -29,6 +29,7 @@ def _train_config(args):
     flags = {"manifest": args.manifest, "out": args.out, "model": args.model, "loss": args.loss, "epochs": args.epochs,
              "patch_size": args.patch_size, "batch_size": args.batch_size, "seed": args.seed,
              "augmentation": args.augmentation, "learning_rate": args.lr, "channels": args.channels,
+             "mask_threshold": args.mask_threshold,
              "steps_per_epoch": args.steps_per_epoch, "time_budget_s": args.time_budget,
              "mixed_precision": args.mixed_precision, "verbose": args.verbose, "optimizer": args.optimizer,
              "schedule": args.schedule, "early_stopping_patience": args.patience, "strategy": args.strategy,
@@ -95,6 +96,7 @@ def _add_train_flags(p) -> None:
     p.add_argument("--freeze-encoder-epochs", type=int, help="epochs with the encoder frozen before fine-tuning")
     p.add_argument("--strategy", choices=("auto", "default", "mirrored", "tpu", "multiworker"))
     p.add_argument("--channels", type=int, choices=(1, 3))
+    p.add_argument("--mask-threshold", type=float, help="mask pixel > this is foreground (127: anti-aliased masks)")
     p.add_argument("--time-budget", type=float, help="stop after this many seconds of training")
     p.add_argument("--mixed-precision", choices=("auto", "on", "off"))
     p.add_argument("--config", help="YAML/JSON TrainConfig; flags override it")
@@ -105,10 +107,10 @@ def _add_train_flags(p) -> None:
 
 
 def cmd_predict(args) -> int:
-    from .batch_predict import BatchOptions, parse_shard, predict_batch
+    from .batch_predict import BatchOptions, expand_model_list, parse_shard, predict_batch
     from .inference import resolve_inputs
 
-    inputs = resolve_inputs(args.input, args.split)
+    inputs = resolve_inputs(args.input, args.split, exclude=args.out)
     if not inputs:
         print(f"cellseg-tf predict: no images found in {args.input}", file=sys.stderr)
         return 1
@@ -122,9 +124,10 @@ def cmd_predict(args) -> int:
     options = BatchOptions(tiling=args.tiling, vote=args.vote, tta=args.tta, group_weights=group_weights,
                            model_weights=floats(args.model_weights), model_thresholds=floats(args.model_thresholds),
                            save_prob=args.save_prob, instances=args.instances, min_size=args.min_size,
-                           overwrite=args.overwrite, shard=parse_shard(args.shard) if args.shard else None)
-    result = predict_batch(args.model, inputs, args.out, patch_size=args.patch_size, overlap=args.overlap,
-                           threshold=args.threshold, batch_size=args.batch_size or None,
+                           overwrite=args.overwrite, shard=parse_shard(args.shard) if args.shard else None,
+                           norm_low=args.norm_low, norm_high=args.norm_high, precision=args.precision)
+    result = predict_batch(expand_model_list(args.model), inputs, args.out, patch_size=args.patch_size,
+                           overlap=args.overlap, threshold=args.threshold, batch_size=args.batch_size or None,
                            progress=not args.no_progress, options=options)
     print(f"predicted={result['done']} skipped={result['skipped']} failed={result['failed']} out={args.out}")
     return 1 if result["failed"] and result["done"] == 0 and result["skipped"] == 0 else 0
@@ -135,7 +138,8 @@ def cmd_evaluate(args) -> int:
     from .io import open_manifest
     from .manifest import select
 
-    report = evaluate_folder(args.pred, select(open_manifest(args.manifest), args.split))
+    report = evaluate_folder(args.pred, select(open_manifest(args.manifest), args.split),
+                             mask_threshold=args.mask_threshold)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     report.to_csv(out, index=False)
@@ -197,7 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_cv)
 
     p = sub.add_parser("predict", help="tiled (ensemble) prediction over a folder, list file or manifest")
-    p.add_argument("--model", action="append", required=True, help="a .keras file; repeat for an ensemble")
+    p.add_argument("--model", action="append", required=True,
+                   help="a .keras file, or a .txt list of them (CVDIR/models.txt); repeat for an ensemble")
     p.add_argument("--input", required=True)
     p.add_argument("--split", default="test")
     p.add_argument("--out", required=True)
@@ -220,6 +225,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write OUT/<stem>_instances.tif (uint16 labels: holes filled, small objects removed)")
     p.add_argument("--min-size", type=int, default=16, help="smallest object kept by --instances, in pixels")
     p.add_argument("--overwrite", action="store_true", help="recompute images whose outputs already exist")
+    p.add_argument("--norm-low", type=float, help="normalisation percentile (default: the models' run config, else 2)")
+    p.add_argument("--norm-high", type=float, help="normalisation percentile (default: the run config, else 98)")
+    p.add_argument("--precision", choices=("auto", "float32", "saved"), default="auto",
+                   help="auto: mixed-precision models run in float32 where there is no GPU")
     p.add_argument("--shard", metavar="I/N", help="process only shard I of N (1-based), e.g. one per Colab session")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_predict)
@@ -229,6 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--manifest", required=True)
     p.add_argument("--split", default="test")
     p.add_argument("--out", required=True)
+    p.add_argument("--mask-threshold", type=float, default=0,
+                   help="truth mask pixel > this is foreground (default 0 keeps instance labels; 127: anti-aliased)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("expand", help="offline expansion: write K augmented variants per pair + a manifest")

@@ -25,6 +25,7 @@ class TrainConfig:
     channels: int = 1
     norm_low: float = 2.0
     norm_high: float = 98.0
+    mask_threshold: float = 0.0        # mask pixel > this is foreground (127 for anti-aliased 8-bit masks)
     patch_size: int = 128
     batch_size: int = 16
     epochs: int = 40
@@ -67,6 +68,10 @@ class TrainConfig:
             raise ValueError(f"mixed_precision must be auto, on or off, got {self.mixed_precision!r}")
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if not 0 <= self.norm_low < self.norm_high <= 100:
+            raise ValueError(f"need 0 <= norm_low < norm_high <= 100, got {self.norm_low}, {self.norm_high}")
+        if self.mask_threshold < 0:
+            raise ValueError(f"mask_threshold must be >= 0, got {self.mask_threshold}")
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
         if self.freeze_encoder_epochs < 0 or self.fine_tune_layers < 0:

@@ -4,6 +4,8 @@ Training yields an endless stream of random patches (image (P, P, C) float32 [0,
 validation yields the fixed grid of patches covering each validation image, so val metrics are comparable across
 epochs. Augmentation runs in numpy (albumentations) through `tf.numpy_function` with a parallel map; each element's
 randomness comes only from (seed, element index), so seeded runs reproduce exactly whatever the thread schedule.
+One exception: with hard-example mining, the first batches of an epoch may have been prefetched before the epoch-end
+callback re-weighted the draws, and how many depends on timing (the mined weights apply from then on).
 
 Optional (off by default): rare-foreground oversampling (`foreground_weights`) and hard-example mining
 (`PatchSampler.hard_miner` + `sampling.hard_mining_callback`); both draw patch origins from a `sampling.PatchIndex`.

@@ -16,17 +16,34 @@ from pathlib import Path
 _TPU_CACHE: dict = {}
 
 
+TPU_ENV_VARS = ("COLAB_TPU_ADDR", "TPU_NAME", "TPU_ACCELERATOR_TYPE", "TPU_WORKER_HOSTNAMES")
+
+
 def tpu_available() -> bool:
-    """Cheap check for an attached TPU without touching the TPU system (env vars or /dev/accel*)."""
-    return bool(os.environ.get("COLAB_TPU_ADDR") or os.environ.get("TPU_NAME")
-                or any(Path("/dev").glob("accel[0-9]*")))
+    """Cheap check for an attached TPU without touching the TPU system: TPU env vars, /dev/accel* (TPU VM v2-v4),
+    or /dev/vfio/<n> with libtpu installed (v5e/v6e TPU VMs, e.g. Colab's current TPU runtime)."""
+    import importlib.util
+
+    if any(os.environ.get(v) for v in TPU_ENV_VARS) or any(Path("/dev").glob("accel[0-9]*")):
+        return True
+    return any(Path("/dev/vfio").glob("[0-9]*")) and importlib.util.find_spec("libtpu") is not None
+
+
+def _tpu_resolver():
+    """A TPUClusterResolver: from TPU_NAME / COLAB_TPU_ADDR (remote TPU node) or, on a TPU VM, the local chips."""
+    import tensorflow as tf
+
+    try:
+        return tf.distribute.cluster_resolver.TPUClusterResolver()
+    except ValueError:  # "Please provide a TPU Name": a TPU VM has no name, its chips are local
+        return tf.distribute.cluster_resolver.TPUClusterResolver(tpu="local")
 
 
 def _tpu_strategy():
     import tensorflow as tf
 
     if "strategy" not in _TPU_CACHE:  # the TPU system may be initialised once per process
-        resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
+        resolver = _tpu_resolver()
         tf.config.experimental_connect_to_cluster(resolver)
         tf.tpu.experimental.initialize_tpu_system(resolver)
         _TPU_CACHE["strategy"] = tf.distribute.TPUStrategy(resolver)

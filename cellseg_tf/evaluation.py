@@ -218,8 +218,11 @@ def prediction_path(pred_dir: str | os.PathLike, sample: Sample) -> Path:
 
 
 def evaluate_folder(pred_dir: str | os.PathLike, samples: list[Sample], groups=tuple(METRIC_GROUPS),
-                    connectivity: int = 2, on_error: str = "raise"):
+                    connectivity: int = 2, on_error: str = "raise", mask_threshold: float = 0):
     """One DataFrame row per sample with a mask: image, prediction, then the scores of `groups` (see module docstring).
+
+    mask_threshold: 0 keeps truth masks as they are (instance labels stay labels); > 0 binarises them at that value
+    first (anti-aliased 8-bit masks: 127), instances then being their connected components.
 
     on_error="raise" stops at the first missing/unreadable/mismatched prediction with an error naming the file;
     "skip" records it in `report.attrs["failures"]` (list of "path: problem") and goes on.
@@ -236,7 +239,9 @@ def evaluate_folder(pred_dir: str | os.PathLike, samples: list[Sample], groups=t
         try:
             if not pp.is_file():
                 raise FileNotFoundError(f"{pp}: no prediction for {s.image}")
-            pred, truth = read_mask(pp, instances=True), read_mask(s.mask, instances=True)
+            pred = read_mask(pp, instances=True)
+            truth = read_mask(s.mask, threshold=mask_threshold) if mask_threshold > 0 else \
+                read_mask(s.mask, instances=True)
             if pred.shape != truth.shape:
                 raise ImageReadError(f"{pp}: prediction is {pred.shape[0]}×{pred.shape[1]} but mask {s.mask} is "
                                      f"{truth.shape[0]}×{truth.shape[1]}")

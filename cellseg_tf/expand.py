@@ -4,7 +4,9 @@ Seed 002 expanded each pair into 21 variants with its two-stage policy before tr
 normalised image after one draw of a policy (default `brightfield_2stage`), saved as a 16-bit PNG (grey or RGB), and
 its mask as a 0/255 PNG. Variant v of manifest row r is seeded by (seed, r, v), so a rerun rewrites the same files.
 The original pairs are listed too (by their own paths) unless include_original=False. Train on the new manifest
-with augmentation "none" or a light policy.
+with augmentation "none" or a light policy. Training normalises every image (2/98 percentiles) on load, variants
+included, so a variant's global brightness/contrast change is largely normalised away, as it would be for a real
+image of that contrast; noise, blur, CLAHE, inversion and geometric changes remain.
 """
 from __future__ import annotations
 

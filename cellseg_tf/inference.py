@@ -45,21 +45,113 @@ AUTO_BATCH_PX = 1 << 19            # batch_size=None: about this many tile pixel
 TILINGS = ("overlap", "grid")
 
 
-def load_models(paths: Sequence[str | os.PathLike]) -> list:
-    """Load `.keras` models in safe mode (custom objects are registered by importing our modules)."""
+PRECISIONS = ("auto", "float32", "saved")
+
+
+def accelerator_available() -> bool:
+    """Whether the Keras backend sees a GPU (TensorFlow or torch backends; False elsewhere)."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return bool(tf.config.list_physical_devices("GPU"))
+    if backend == "torch":
+        import torch
+
+        return bool(torch.cuda.is_available())
+    return False
+
+
+def _with_float32_policies(config):
+    """A model config (nested dicts/lists) with every mixed-precision DTypePolicy replaced by float32."""
+    if isinstance(config, dict):
+        if config.get("class_name") == "DTypePolicy" and str(config.get("config", {}).get("name", "")).startswith(
+                "mixed_"):
+            return {**config, "config": {**config["config"], "name": "float32"}}
+        return {k: _with_float32_policies(v) for k, v in config.items()}
+    if isinstance(config, list):
+        return [_with_float32_policies(v) for v in config]
+    return config
+
+
+def is_mixed_precision(model) -> bool:
+    """True if any layer of `model` (nested sub-models included) computes in float16/bfloat16."""
+    def leaves(layer):
+        for child in getattr(layer, "layers", []):
+            yield child
+            yield from leaves(child)
+
+    return any(getattr(layer, "compute_dtype", "float32") in ("float16", "bfloat16") for layer in leaves(model))
+
+
+def as_float32(model):
+    """A float32-compute copy of a model saved under mixed precision (same weights, which mixed precision keeps in
+    float32 anyway). On a CPU, float16 convolutions are emulated and several times slower than float32."""
+    import keras
+
+    clone = model.__class__.from_config(_with_float32_policies(model.get_config()))
+    clone.set_weights(model.get_weights())
+    if is_mixed_precision(clone):  # a layer kept its policy elsewhere than in the config: keep the original
+        return model
+    return clone if isinstance(clone, keras.Model) else model
+
+
+def load_models(paths: Sequence[str | os.PathLike], precision: str = "auto") -> list:
+    """Load `.keras` models in safe mode (custom objects are registered by importing our modules).
+
+    precision: "auto" runs models trained under mixed_float16 in float32 when there is no GPU (a T4-trained model
+    predicted on a laptop), "float32" always does, "saved" keeps each layer's saved dtype policy.
+    """
     import keras
 
     from . import losses, metrics, models as _models  # noqa: F401  (register custom objects and layers)
 
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     models = []
     for p in paths:
         if not Path(p).is_file():
             raise FileNotFoundError(f"{p}: model file not found")
         try:
-            models.append(keras.models.load_model(p, compile=False))
+            model = keras.models.load_model(p, compile=False)
         except Exception as exc:
             raise ValueError(f"{p}: cannot load Keras model ({exc})") from exc
+        if is_mixed_precision(model) and (precision == "float32" or
+                                          (precision == "auto" and not accelerator_available())):
+            model = as_float32(model)
+        models.append(model)
     return models
+
+
+def run_normalization(model_paths: Sequence[str | os.PathLike]) -> tuple[float, float] | None:
+    """(norm_low, norm_high) percentiles the models were trained with, from the `config.yaml` of their run folder
+    (RUN/best.keras, RUN/epochs/epoch_003.keras, CVDIR/fold_k/best.keras); None when no model has one.
+
+    Prediction must normalise like training did; models trained with different percentiles cannot share one
+    normalisation, so that is an error.
+    """
+    import yaml
+
+    found: dict[tuple[float, float], list[str]] = {}
+    for p in model_paths:
+        for folder in (Path(p).parent, Path(p).parent.parent):
+            cfg = folder / "config.yaml"
+            if cfg.is_file():
+                try:
+                    data = yaml.safe_load(cfg.read_text()) or {}
+                except yaml.YAMLError as exc:
+                    raise ValueError(f"{cfg}: cannot read the run config of {p} ({exc})") from None
+                if isinstance(data, dict) and "norm_low" in data and "norm_high" in data:
+                    key = (float(data["norm_low"]), float(data["norm_high"]))
+                    found.setdefault(key, []).append(str(p))
+                break
+    if len(found) > 1:
+        listing = "; ".join(f"{lo:g}/{hi:g}: {', '.join(ps)}" for (lo, hi), ps in found.items())
+        raise ValueError(f"the models were trained with different normalisation percentiles ({listing}); "
+                         "predict them as separate ensembles, or force one with --norm-low/--norm-high")
+    return next(iter(found)) if found else None
 
 
 # ----------------------------------------------------------------------------------------------- normalisation
@@ -270,10 +362,18 @@ class Predictor:
 
     @classmethod
     def from_files(cls, paths: Sequence[str | os.PathLike], group_weights: dict[str, float] | None = None,
-                   model_weights: Sequence[float] | None = None, **options) -> "Predictor":
-        """Load `.keras` files and weight them by seed 002's groups (`z_*` vs standard) × optional own weights."""
+                   model_weights: Sequence[float] | None = None, precision: str = "auto",
+                   **options) -> "Predictor":
+        """Load `.keras` files and weight them by seed 002's groups (`z_*` vs standard) × optional own weights.
+
+        Normalisation percentiles not given in `options` come from the models' run configs (`run_normalization`),
+        else 2/98. `precision`: see `load_models`.
+        """
         weights = member_weights(paths, group_weights, model_weights)
-        return cls(load_models(paths), weights=weights, names=[str(p) for p in paths], **options)
+        given = {k: v for k in ("norm_low", "norm_high") if (v := options.pop(k, None)) is not None}
+        trained = run_normalization(paths) if not given else None
+        options.update(given or (dict(zip(("norm_low", "norm_high"), trained)) if trained else {}))
+        return cls(load_models(paths, precision), weights=weights, names=[str(p) for p in paths], **options)
 
     def _check_shapes(self, names: list[str]) -> None:
         shapes = [tuple(m.inputs[0].shape[1:]) for m in self.models]
@@ -466,17 +566,29 @@ class ArraySink:
 
 
 # ---------------------------------------------------------------------------------------------- batch inputs
-def resolve_inputs(source: str | os.PathLike, split: str | None = "test") -> list[str]:
+def resolve_inputs(source: str | os.PathLike, split: str | None = "test",
+                   exclude: str | os.PathLike | None = None) -> list[str]:
     """A folder (recursive), a glob pattern (`**` allowed), a text file listing paths, or a manifest CSV (+ split)
-    -> image paths (folders and globs: sorted, image extensions only)."""
+    -> image paths (folders and globs: sorted, image extensions only).
+
+    exclude: a folder (the job's OUT) whose files are never inputs of a folder or glob, so that predicting into a
+    subfolder of the input folder does not feed yesterday's masks back in (unless it is the input folder itself).
+    """
+    skip = Path(exclude).resolve() if exclude is not None else None
+    if skip is not None and Path(source).exists() and skip == Path(source).resolve():
+        skip = None
+
+    def keep(p: str) -> bool:
+        return skip is None or skip not in Path(p).resolve().parents
+
     if any(ch in str(source) for ch in "*?[") and not Path(source).exists():
         import glob
 
         return sorted(p for p in glob.glob(str(source), recursive=True)
-                      if Path(p).is_file() and Path(p).suffix.lower() in IMAGE_EXT)
+                      if Path(p).is_file() and Path(p).suffix.lower() in IMAGE_EXT and keep(p))
     source = Path(source)
     if source.is_dir():
-        return list_images(source)
+        return [p for p in list_images(source) if keep(p)]
     if source.suffix.lower() == ".csv":
         return [s.image for s in select(open_manifest(source), split)]
     if source.is_file():

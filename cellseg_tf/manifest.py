@@ -61,7 +61,8 @@ def _resolve(root: Path, value: str) -> str:
 def load_manifest(path: str | os.PathLike) -> list[Sample]:
     """Read and structurally validate a manifest CSV; returns its rows as `Sample`s with absolute paths.
 
-    Raises ManifestError naming the row and file for: missing columns, missing files, duplicate rows, unknown split.
+    Raises ManifestError naming the row (its line in the file) and file for: missing columns, missing files,
+    duplicate rows, unknown split, an image listed both as test and as train/val.
     Image/mask sizes are checked by `cellseg_tf.io.open_manifest`, which reads file headers.
     """
     path = Path(path)
@@ -69,9 +70,11 @@ def load_manifest(path: str | os.PathLike) -> list[Sample]:
         raise ManifestError(f"{path}: manifest not found")
     try:
         # whole-line comments only: '#' inside a field addresses a stack frame (`stack.tif#3`)
-        text = "".join(line for line in path.read_text(encoding="utf-8-sig").splitlines(keepends=True)
-                       if not line.lstrip().startswith("#"))
-        df = pd.read_csv(StringIO(text), dtype=str, keep_default_na=False, skipinitialspace=True)
+        kept = [(number, line) for number, line in
+                enumerate(path.read_text(encoding="utf-8-sig").splitlines(keepends=True), start=1)
+                if not line.lstrip().startswith("#")]
+        df = pd.read_csv(StringIO("".join(line for _, line in kept)), dtype=str, keep_default_na=False,
+                         skipinitialspace=True)
     except Exception as exc:  # pandas raises several types for malformed CSV
         raise ManifestError(f"{path}: cannot parse manifest CSV ({exc})") from exc
     df.columns = [c.strip() for c in df.columns]
@@ -81,10 +84,13 @@ def load_manifest(path: str | os.PathLike) -> list[Sample]:
     if df.empty:
         raise ManifestError(f"{path}: manifest has no rows")
     root = path.parent
+    # file line number of every data row (pandas skips the header, blank lines and, above, comment lines)
+    line_numbers = [number for number, line in kept[1:] if line.strip()]
     samples: list[Sample] = []
     seen: dict[tuple[str, str], int] = {}
+    image_split: dict[str, tuple[str, int]] = {}
     for i, rec in enumerate(df.to_dict("records")):
-        row = i + 2  # 1-based, header is line 1 (comment lines are not counted)
+        row = line_numbers[i] if i < len(line_numbers) else i + 2  # the line of the file, header = line 1
         where = f"{path} row {row}"
         image_rel, mask_rel = rec["image"].strip(), rec["mask"].strip()
         split = rec["split"].strip().lower()
@@ -103,6 +109,11 @@ def load_manifest(path: str | os.PathLike) -> list[Sample]:
         if key in seen:
             raise ManifestError(f"{where}: duplicate of row {seen[key]} ({image_rel})")
         seen[key] = row
+        earlier = image_split.get(image)
+        if earlier is not None and earlier[0] != split and "test" in (earlier[0], split):
+            raise ManifestError(f"{where}: {image_rel} is also a {earlier[0]} image (row {earlier[1]}); an image in "
+                                "both test and train/val leaks the test set into training")
+        image_split.setdefault(image, (split, row))
         fold_text = str(rec.get("fold", "")).strip()
         try:
             fold = int(fold_text) if fold_text else None

@@ -245,8 +245,8 @@ def train(config: TrainConfig, samples: list[Sample] | None = None, *, resume: b
     if samples is None:
         samples = open_manifest(config.manifest)
     train_rows, val_rows = split_train_val(samples, config.val_fraction, config.seed)
-    train_pairs = load_pairs(train_rows, config.channels, config.norm_low, config.norm_high)
-    val_pairs = load_pairs(val_rows, config.channels, config.norm_low, config.norm_high)
+    train_pairs = load_pairs(train_rows, config.channels, config.norm_low, config.norm_high, config.mask_threshold)
+    val_pairs = load_pairs(val_rows, config.channels, config.norm_low, config.norm_high, config.mask_threshold)
     steps = int(state["steps_per_epoch"]) if state else (
         config.steps_per_epoch or default_steps_per_epoch(train_pairs, config.patch_size, config.batch_size))
     epoch = int(state["epochs_done"]) if state else 0
@@ -290,18 +290,25 @@ def train(config: TrainConfig, samples: list[Sample] | None = None, *, resume: b
         with precision_policy(mixed), strategy.scope():
             model = keras.models.load_model(last_path)
         loaded_phase = state.get("phase")
-    for phase in plan_phases(config):
+    phases = plan_phases(config)
+    names = [ph.name for ph in phases]
+    for index, phase in enumerate(phases):
         if phase.end <= epoch:
             continue
+        if loaded_phase in names and index < names.index(loaded_phase):
+            continue  # resumed in a later phase that began early (the frozen phase stopped early)
         lr = config.learning_rate * phase.lr_factor
-        plan = RunPlan(total_steps=(phase.end - phase.start) * steps, time_budget_s=config.time_budget_s,
+        resumed_here = loaded_phase == phase.name
+        # the epoch this phase really began at: its planned start, or earlier when the frozen phase stopped early
+        phase_start = int(state.get("phase_start", phase.start)) if resumed_here else epoch
+        plan = RunPlan(total_steps=(phase.end - phase_start) * steps, time_budget_s=config.time_budget_s,
                        elapsed_s=elapsed)
         schedule = build_schedule(config.schedule, lr, steps, plan=plan, **config.schedule_options)
         with precision_policy(mixed), strategy.scope():
             if model is None:
                 model = build_model(config.model, input_shape=(config.patch_size, config.patch_size, config.channels),
                                     **config.model_options)
-            if loaded_phase == phase.name:  # resumed inside this phase: keep the restored optimizer and flags
+            if resumed_here:  # resumed inside this phase: keep the restored optimizer and flags
                 if not callable(schedule.learning_rate) and state.get("learning_rate") is not None:
                     model.optimizer.learning_rate = float(state["learning_rate"])
                 for i, cb in enumerate(schedule.callbacks):
@@ -323,7 +330,8 @@ def train(config: TrainConfig, samples: list[Sample] | None = None, *, resume: b
             budget = TimeBudget(config.time_budget_s, already_s=elapsed) if config.time_budget_s > 0 else None
             run_state = RunState(run, phase_resumables, already_s=elapsed,
                                  info={"epochs_done": epoch, "steps_per_epoch": steps, "phase": phase.name,
-                                       "strategy": strategy_name(strategy), "mixed_precision": mixed})
+                                       "phase_start": phase_start, "strategy": strategy_name(strategy),
+                                       "mixed_precision": mixed})
             cbs = fixed + ([early] if early else []) + schedule.callbacks + [csv_logger]
             cbs += [c for c in (tensorboard, budget) if c is not None] + [run_state] + list(callbacks or [])
             train_ds = train_dataset(train_pairs, config.patch_size, config.batch_size, config.augmentation,
@@ -334,6 +342,11 @@ def train(config: TrainConfig, samples: list[Sample] | None = None, *, resume: b
         elapsed, epoch = run_state.elapsed(), run_state.epochs_done
         for cb in resumables.values():  # carry counters into the next phase (on_train_begin resets them)
             cb.set_resume_state(cb.get_state())
+        if early is not None and early.stopped_epoch > 0 and index + 1 < len(phases) and phase.name == "frozen" \
+                and not (budget is not None and budget.triggered):
+            # the frozen encoder has given what it can: go on to fine-tuning now, with fresh patience
+            early.set_resume_state({**early.get_state(), "wait": 0, "stopped_epoch": 0})
+            continue
         if early is not None and early.stopped_epoch > 0:
             stop_reason = "early_stopping"
         elif budget is not None and budget.triggered:

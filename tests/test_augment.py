@@ -73,6 +73,27 @@ def test_geometric_policies_keep_mask_aligned(name):
         assert _iou(img[..., 0] > 0.5, m > 0) > 0.9
 
 
+@pytest.mark.parametrize("name", ["default", "brightfield_2stage", "unet_classic", "flips"])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_every_full_policy_keeps_mask_aligned(name, channels):
+    """Image = the mask (in every channel), the whole policy, photometric stage included: the augmented image must
+    still trace the augmented mask. |Pearson r| (inversion flips its sign) stays high when both received the same
+    geometric transform; a transform applied to one of them only would drop it to about 0 on these blobs."""
+    mask = _blobs()
+    image = np.repeat(mask[..., None].astype(np.float32), channels, axis=-1)
+    pipeline = get_policy(name, P, channels, seed=11)
+    scores = []
+    for _ in range(24):
+        img, m = apply_policy(pipeline, image, mask)
+        assert set(np.unique(m)) <= {0, 1} and img.shape == (P, P, channels)
+        if m.min() == m.max() or img.std() == 0:
+            continue
+        scores.append(abs(np.corrcoef(img.mean(axis=-1).ravel(), m.ravel())[0, 1]))
+    assert len(scores) >= 20 and min(scores) > 0.6 and np.median(scores) > 0.85, scores
+    shifted = np.roll(mask, 9, axis=1)  # the check does catch a misaligned pair
+    assert abs(np.corrcoef(mask.ravel().astype(float), shifted.ravel())[0, 1]) < 0.3
+
+
 @pytest.mark.parametrize("k", range(len(geometric_stage(P))))
 def test_each_brightfield_geometric_transform_aligned_and_nearest(k):
     t = geometric_stage(P)[k]

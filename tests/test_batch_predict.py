@@ -181,3 +181,37 @@ def test_cli_predict_options(model_files, images, tmp_path, capsys):
     (tmp_path / "bad" / "x.png").write_bytes(b"garbage")
     assert main(["predict", "--model", model_files[0], "--input", str(tmp_path / "bad"), "--out",
                  str(tmp_path / "o2"), "--no-progress"]) == 1  # everything failed -> non-zero exit
+
+
+def test_output_folder_never_overwrites_or_feeds_back_inputs(model_files, images, tmp_path):
+    from cellseg_tf.inference import resolve_inputs
+
+    folder, inputs = images
+    png = folder / "a.png"
+    before = png.read_bytes()
+    res = predict_batch(model_files, [str(png)], folder, progress=False, overwrite=True)  # OUT = the input folder
+    assert res["failed"] == 1 and res["done"] == 0 and png.read_bytes() == before
+    assert "would overwrite the input itself" in rows(folder / "failures.csv")[0]["reason"]
+    # OUT inside the input folder: yesterday's masks are not inputs of today's run
+    predict_batch(model_files, inputs, folder / "pred", progress=False)
+    assert sorted(resolve_inputs(folder, exclude=folder / "pred")) == sorted(inputs)
+    assert len(resolve_inputs(folder)) == 2 * len(inputs)
+    assert sorted(resolve_inputs(folder, exclude=folder)) == sorted(resolve_inputs(folder))  # OUT == input folder
+
+
+def test_model_list_files_and_option_checks(model_files, tmp_path):
+    from cellseg_tf.batch_predict import BatchOptions, expand_model_list
+
+    listing = tmp_path / "models.txt"
+    listing.write_text(f"# fold models\n{model_files[0]}\n\n{os.path.relpath(model_files[1], tmp_path)}\n")
+    assert expand_model_list([str(listing)]) == [model_files[0], str(tmp_path / os.path.relpath(model_files[1],
+                                                                                                 tmp_path))]
+    assert expand_model_list(model_files) == model_files
+    (tmp_path / "empty.txt").write_text("# nothing\n")
+    with pytest.raises(ValueError, match="empty.txt: the model list is empty"):
+        expand_model_list([str(tmp_path / "empty.txt")])
+    with pytest.raises(FileNotFoundError, match="nope.txt"):
+        expand_model_list([str(tmp_path / "nope.txt")])
+    with pytest.raises(ValueError, match="hard vote only"):
+        BatchOptions(model_thresholds=[0.5, 0.6]).validate()
+    BatchOptions(model_thresholds=[0.5, 0.6], vote="hard").validate()

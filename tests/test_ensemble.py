@@ -12,11 +12,11 @@ from cellseg_tf.ensemble import (TTA_MODES, binarize, member_weights, model_grou
 P = 32
 
 
-def constant_model(p: float, size: int | None = P, name: str = "const"):
+def constant_model(p: float, size: int | None = P, name: str = "const", channels: int = 1):
     """A model whose output is the constant probability `p` everywhere (1×1 conv with zero kernel, bias logit p)."""
     import keras
 
-    inp = keras.Input((size, size, 1))
+    inp = keras.Input((size, size, channels))
     x = keras.layers.Conv2D(1, 1, kernel_initializer="zeros",
                             bias_initializer=keras.initializers.Constant(math.log(p / (1 - p))))(inp)
     return keras.Model(inp, keras.layers.Activation("sigmoid", dtype="float32")(x), name=name)
@@ -110,6 +110,11 @@ def test_rejects_incompatible_members():
         Predictor([constant_model(0.5, 32, "a"), constant_model(0.5, 64, "b")])
     with pytest.raises(ValueError, match="patch_size=64"):
         Predictor([constant_model(0.5, 32)], patch_size=64)
+    with pytest.raises(ValueError, match="same number of channels, got grey: 1; rgb: 3"):
+        Predictor([constant_model(0.5, 32, "grey"), constant_model(0.5, 32, "rgb", channels=3)])
+    rgb = Predictor([constant_model(0.5, 32, "rgb", channels=3)])
+    with pytest.raises(ValueError, match=r"models expect \(H, W, 3\)"):
+        rgb.predict_normalized(np.zeros((40, 40, 1), np.float32))
     with pytest.raises(ValueError, match="vote must be"):
         Predictor([constant_model(0.5)], vote="median")
     with pytest.raises(ValueError, match="per-model thresholds"):

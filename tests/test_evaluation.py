@@ -219,3 +219,38 @@ def test_real_instance_masks(shared_data):
     binary = image_scores((truth > 0).astype(np.uint8), truth, groups=("instance", "pixel"))
     assert binary["dice"] == 1.0 and binary["pred_instances"] == "components"
     assert binary["n_pred_instances"] != binary["n_true_instances"] and binary["instance_f1"] < 0.95
+
+
+def test_evaluate_folder_binarises_anti_aliased_truth_at_mask_threshold(tmp_path):
+    from cellseg_tf.evaluation import evaluate_folder
+    from cellseg_tf.io import write_png
+    from cellseg_tf.manifest import Sample
+
+    truth = np.zeros((20, 20), np.uint8)
+    truth[5:15, 5:15] = 255
+    truth[4, 5:15] = 60            # an anti-aliased rim: not object at threshold 127
+    pred = np.where(truth == 255, 255, 0).astype(np.uint8)
+    write_png(tmp_path / "t.png", truth)
+    write_png(tmp_path / "img.png", truth)
+    write_png(tmp_path / "pred" / "img.png", pred)
+    sample = Sample(str(tmp_path / "img.png"), str(tmp_path / "t.png"), "test", 2)
+    strict = evaluate_folder(tmp_path / "pred", [sample], groups=("pixel",), mask_threshold=127)
+    loose = evaluate_folder(tmp_path / "pred", [sample], groups=("pixel",))
+    assert strict["dice"][0] == pytest.approx(1.0)
+    assert loose["dice"][0] == pytest.approx(2 * 100 / (110 + 100))
+
+
+def test_boundary_dice_equals_the_seed_004_recipe_step_by_step():
+    """Canny edges (OpenCV 100/200 on 0/255) -> 7×7 dilation (scipy here) -> Dice (by hand) of the two bands."""
+    import cv2
+    from scipy import ndimage
+
+    rng = np.random.default_rng(11)
+    truth = ndimage.binary_opening(ndimage.gaussian_filter(rng.random((64, 64)), 3) > 0.5, iterations=2)
+    pred = np.roll(truth, (2, -3), axis=(0, 1))
+    bands = [ndimage.binary_dilation(cv2.Canny(m.astype(np.uint8) * 255, 100, 200) > 0, np.ones((7, 7), bool))
+             for m in (pred, truth)]
+    expected = 2 * (bands[0] & bands[1]).sum() / (bands[0].sum() + bands[1].sum())
+    assert 0.3 < expected < 0.95
+    assert boundary_dice(pred, truth) == pytest.approx(expected, rel=1e-9)
+    assert boundary_dice(pred, truth, kernel=3) < boundary_dice(pred, truth)  # a wider band forgives more

@@ -151,3 +151,57 @@ def test_resolve_inputs_and_stems(tmp_path):
     assert output_stem("x/stack.tif#3") == "stack_f3" and output_stem("x/img.v2.png") == "img.v2"
     with pytest.raises(FileNotFoundError):
         resolve_inputs(tmp_path / "missing")
+
+
+def test_mixed_precision_checkpoint_predicts_in_float32_without_a_gpu(tmp_path):
+    import keras
+
+    from cellseg_tf.inference import accelerator_available, is_mixed_precision, load_models
+    from cellseg_tf.models import build_model
+
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    keras.utils.set_random_seed(0)
+    model = build_model("unet", (32, 32, 1), base_filters=4, depth=2)  # a model trained on a T4
+    keras.mixed_precision.set_global_policy("float32")
+    path = tmp_path / "mixed.keras"
+    model.save(path)
+    x = np.random.default_rng(0).random((2, 32, 32, 1)).astype("float32")
+    saved, = load_models([path], precision="saved")
+    as32, = load_models([path], precision="float32")
+    assert is_mixed_precision(saved) and not is_mixed_precision(as32)
+    assert as32.get_layer("enc0_a_conv").compute_dtype == "float32"
+    y16, y32 = np.asarray(saved(x, training=False)), np.asarray(as32(x, training=False))
+    assert y32.dtype == np.float32 and np.abs(y16 - y32).max() < 2e-2  # same weights, float16 rounding only
+    auto, = load_models([path])
+    assert is_mixed_precision(auto) == accelerator_available()
+    with pytest.raises(ValueError, match="precision must be"):
+        load_models([path], precision="half")
+
+
+def test_normalisation_percentiles_come_from_the_run_config(tmp_path):
+    import keras
+
+    from cellseg_tf.config import TrainConfig
+    from cellseg_tf.inference import run_normalization
+    from cellseg_tf.models import build_model
+
+    model = build_model("unet", (32, 32, 1), base_filters=4, depth=2)
+    runs = {}
+    for name, (lo, hi) in {"a": (1.0, 99.5), "b": (1.0, 99.5), "c": (5.0, 95.0)}.items():
+        run = tmp_path / name
+        TrainConfig(norm_low=lo, norm_high=hi).save(run / "config.yaml")
+        (run / "epochs").mkdir(parents=True)
+        model.save(run / "best.keras")
+        model.save(run / "epochs" / "epoch_001.keras")
+        runs[name] = run
+    loose = tmp_path / "loose.keras"
+    model.save(loose)
+    assert run_normalization([runs["a"] / "best.keras", runs["b"] / "epochs" / "epoch_001.keras"]) == (1.0, 99.5)
+    assert run_normalization([loose]) is None
+    with pytest.raises(ValueError, match="different normalisation percentiles"):
+        run_normalization([runs["a"] / "best.keras", runs["c"] / "best.keras"])
+    pred = Predictor.from_files([runs["a"] / "best.keras", loose])
+    assert (pred.norm_low, pred.norm_high) == (1.0, 99.5)
+    forced = Predictor.from_files([runs["c"] / "best.keras"], norm_low=2.0, norm_high=None)
+    assert (forced.norm_low, forced.norm_high) == (2.0, 98.0)
+    assert isinstance(keras.models.load_model(loose), keras.Model)

@@ -9,6 +9,7 @@ import tifffile
 from cellseg_tf.io import (ImageReadError, image_shape, list_images, open_manifest, outline_rings, page_count,
                            read_image, read_mask, read_raw, to_channels, write_png, write_tiff)
 from cellseg_tf.manifest import ManifestError, load_manifest, select, write_manifest
+from cellseg_tf.preprocessing import percentile_normalize
 
 RNG = np.random.default_rng(0)
 
@@ -21,7 +22,7 @@ def _disk_mask(shape=(48, 48), centres=((12, 12), (30, 34)), r=7):
     return m
 
 
-@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int32, np.uint32, np.float32])
 @pytest.mark.parametrize("bands", [1, 3])
 def test_tiff_roundtrip_keeps_dtype_and_range(tmp_path, dtype, bands):
     hi = 1.0 if dtype == np.float32 else np.iinfo(dtype).max
@@ -32,6 +33,8 @@ def test_tiff_roundtrip_keeps_dtype_and_range(tmp_path, dtype, bands):
     assert out.dtype == dtype and out.shape == (20, 24, bands)
     np.testing.assert_array_equal(out, arr)
     assert image_shape(path) == (20, 24, bands)
+    norm = percentile_normalize(read_image(path, channels=bands))
+    assert norm.dtype == np.float32 and norm.min() == 0.0 and norm.max() == 1.0
 
 
 def test_multipage_tiff_frames(tmp_path):

@@ -56,6 +56,11 @@ def test_frame_suffix_survives_roundtrip(tmp_path):
     ("image,mask,split\nimg/zz.png,msk/a.png,train\n", "row 2: file not found: .*zz.png"),
     ("image,mask,split\nimg/a.png,msk/a.png,train\nimg/a.png,msk/a.png,val\n", "row 3: duplicate of row 2"),
     ("image,mask,split,fold\nimg/a.png,msk/a.png,train,x\n", "fold must be an integer"),
+    ("image,mask,split\nimg/a.png,msk/a.png,train\nimg/a.png,msk/b.png,test\n",
+     "row 3: img/a.png is also a train image \\(row 2\\).*leaks the test set"),
+    # row numbers are lines of the file: comment and blank lines count
+    ("# a comment\nimage,mask,split\n\n# another\nimg/a.png,msk/a.png,train\nimg/zz.png,msk/a.png,val\n",
+     "row 6: file not found: .*zz.png"),
 ])
 def test_errors_name_row_and_file(tmp_path, body, message):
     _files(tmp_path)

@@ -84,6 +84,18 @@ def test_unet_keeps_its_structure():
     assert model.output.shape == (None, 32, 32, 1)
 
 
+def test_double_conv_drops_out_after_each_conv_as_seed_001():
+    """(conv, BN, ReLU, dropout) ×2 per DoubleConv; no Dropout layers at all when dropout = 0."""
+    model = build_model("unet", input_shape=(32, 32, 1), base_filters=4, depth=2, dropout=0.2)
+    names = [layer.name for layer in model.layers]
+    for block in ("enc0", "enc1", "bottleneck", "dec1", "dec0"):
+        a, b = names.index(f"{block}_a_relu"), names.index(f"{block}_b_relu")
+        assert names[a + 1] == f"{block}_a_drop" and names[b + 1] == f"{block}_b_drop"
+        assert model.get_layer(f"{block}_b_drop").rate == pytest.approx(0.2)
+    plain = build_model("unet", input_shape=(32, 32, 1), base_filters=4, depth=2)
+    assert not any(isinstance(layer, keras.layers.Dropout) for layer in plain.layers)
+
+
 def test_model_code_uses_keras_ops_only():
     """Backend-agnostic: no TensorFlow in model code (KERAS_BACKEND=torch must work in principle), no Lambda."""
     src = Path(__file__).resolve().parents[1] / "cellseg_tf" / "models"
@@ -107,9 +119,13 @@ def test_forward_shape_dtype_range(name):
         assert isinstance(model.get_layer("out_align"), ResizeLike)
 
 
-@pytest.mark.parametrize("name", _maybe_slow(sorted(REQUIRED), also=("mobilenetv2_unet",)))
-def test_keras_round_trip_safe_mode_identical(name, tmp_path):
-    options = {"normalization": "instance"} if name == "model3_vgg_attention_ia" else {}
+ROUND_TRIP = [pytest.param(n, {}, id=n, marks=[pytest.mark.slow] if n in HEAVY | {"mobilenetv2_unet"} else [])
+              for n in sorted(REQUIRED)] + [
+    pytest.param("model3_vgg_attention_ia", {"normalization": "instance"}, id="model3_vgg_attention_ia-instance")]
+
+
+@pytest.mark.parametrize("name,options", ROUND_TRIP)
+def test_keras_round_trip_safe_mode_identical(name, options, tmp_path):
     model = _build(name, **options)
     x = _batch(name, seed=1)
     path = tmp_path / f"{name}.keras"
@@ -238,6 +254,12 @@ def test_attention_maps_in_built_models_match_skip_shapes():
     maps = probe(np.random.default_rng(4).random((1, 64, 64, 3)).astype("float32"))
     assert [tuple(m.shape[1:3]) for m in maps] == [(8, 8), (16, 16), (32, 32), (64, 64)]
     assert all(float(np.min(m)) >= 0 and float(np.max(m)) <= 1 for m in maps)
+    m3 = build_model("model3_vgg_attention_ia", input_shape=(64, 64, 3))
+    probe = keras.Model(m3.input, [m3.get_layer(f"att{i}_psi").output for i in range(4)])
+    maps = probe(np.random.default_rng(5).random((1, 64, 64, 3)).astype("float32"))
+    # gates sit on the VGG16 pooling skips block4_pool ... block1_pool of a 64 px input
+    assert [tuple(m.shape[1:3]) for m in maps] == [(4, 4), (8, 8), (16, 16), (32, 32)]
+    assert all(float(np.min(m)) >= 0 and float(np.max(m)) <= 1 for m in maps)
 
 
 @pytest.mark.parametrize("scaled", [False, True])
@@ -267,6 +289,23 @@ def test_imagenet_preprocess_matches_keras_applications(mode, module):
     ref = getattr(keras.applications, module).preprocess_input(x * 255.0)
     np.testing.assert_allclose(ours, np.asarray(ref), rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(np.asarray(ImageNetPreprocess("raw255")(x)), x * 255.0, rtol=1e-6)
+
+
+def test_efficientnet_file_weights_get_the_rescaling_keras_only_adds_for_imagenet(tmp_path):
+    """keras.applications.EfficientNet stores ImageNet std (not variance) in its Normalization layer and adds a
+    1/sqrt(std) Rescaling only for weights="imagenet"; with a weights file our preprocessing compensates."""
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    u = np.random.default_rng(7).random((1, 4, 4, 3)).astype("float32")
+    as_loaded = keras.layers.Normalization(axis=-1, mean=mean, variance=std)  # what the weights file holds
+    fixed = np.asarray(as_loaded(np.asarray(ImageNetPreprocess("raw255_std_fix")(u)) / 255.0))
+    np.testing.assert_allclose(fixed, (u - mean) / std, rtol=1e-4, atol=1e-4)  # = what "imagenet" computes
+    base = build_backbone("efficientnetb0", (32, 32, 3), weights=None)
+    path = tmp_path / "effnet.weights.h5"
+    base.save_weights(path)
+    by_file = build_model("efficientnetb0_unet", input_shape=(32, 32, 1), encoder_weights=str(path))
+    assert by_file.get_layer("efficientnetb0_preprocess").mode == "raw255_std_fix"
+    random_init = build_model("efficientnetb0_unet", input_shape=(32, 32, 1), encoder_weights=None)
+    assert random_init.get_layer("efficientnetb0_preprocess").mode == "raw255"
 
 
 def test_resize_like_matches_reference_size_and_keeps_constants():

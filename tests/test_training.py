@@ -138,6 +138,43 @@ def test_freeze_then_fine_tune_top_encoder_layer_at_lower_lr(tiny_manifest, tmp_
     assert sorted(p.name for p in (run / "epochs").iterdir()) == ["epoch_001.keras", "epoch_002.keras"]
 
 
+@pytest.fixture
+def flat_val_dice(monkeypatch):
+    """Every Dice metric reports 0.5: val_dice never improves after the first epoch."""
+    from cellseg_tf.metrics import DiceMetric
+
+    monkeypatch.setattr(DiceMetric, "result", lambda self: keras.ops.convert_to_tensor(0.5, "float32"))
+
+
+def _weights(path):
+    return keras.models.load_model(path).get_weights()
+
+
+def test_early_stopping_stops_and_best_checkpoint_is_the_best_epoch(tiny_manifest, tmp_path, flat_val_dice):
+    run = tmp_path / "run"
+    result = train(tiny_config(tiny_manifest, run, epochs=6, early_stopping_patience=2, learning_rate=1e-2,
+                               checkpoint_every_epoch=True))
+    assert result.stop_reason == "early_stopping" and read_state(run)["stop_reason"] == "early_stopping"
+    assert len(result.history["loss"]) == 3  # best at epoch 1 (1-based), then 2 epochs without improvement
+    best, first, last = _weights(run / "best.keras"), _weights(run / "epochs/epoch_001.keras"), _weights(
+        run / "last.keras")
+    assert all(np.array_equal(a, b) for a, b in zip(best, first))
+    assert not all(np.array_equal(a, b) for a, b in zip(best, last))
+
+
+def test_early_stop_while_frozen_moves_on_to_fine_tuning(tiny_manifest, tmp_path, nested_encoder_model,
+                                                         flat_val_dice):
+    rec = WeightRecorder()
+    config = tiny_config(tiny_manifest, tmp_path / "run", model=nested_encoder_model, model_options={}, epochs=8,
+                         freeze_encoder_epochs=5, fine_tune_lr_factor=0.1, learning_rate=1e-2,
+                         early_stopping_patience=1, schedule="constant")
+    result = train(config, callbacks=[rec])
+    # frozen: epochs 1-2 (stops: no improvement), fine-tuning: epoch 3 (stops again, fresh patience)
+    np.testing.assert_allclose(result.history["learning_rate"], [1e-2, 1e-2, 1e-3], rtol=1e-5)
+    assert result.stop_reason == "early_stopping" and read_state(tmp_path / "run")["phase"] == "fine_tune"
+    assert not np.array_equal(rec.snapshots[-2]["e_conv2"], rec.snapshots[-1]["e_conv2"])  # encoder unfrozen
+
+
 def test_tensorboard_without_the_package_is_a_clear_error(tiny_manifest, tmp_path):
     try:
         import tensorboard  # noqa: F401

@@ -27,6 +27,7 @@ class Backbone:
     stride: int                      # input H, W must be multiples of this
     min_size: int = 32               # smallest H, W keras.applications accepts
     exact_halving: bool = True       # False: 'valid' padding, feature sizes are not H / 2**k (decoder resizes)
+    file_preprocess: str | None = None  # preprocessing when weights come from a file, if it differs (EfficientNet)
 
 
 BACKBONES: dict[str, Backbone] = {
@@ -42,7 +43,8 @@ BACKBONES: dict[str, Backbone] = {
                              "block_13_expand_relu"), "out_relu", 32),
     "efficientnetb0": Backbone("EfficientNetB0", "raw255",
                                ("block2a_expand_activation", "block3a_expand_activation",
-                                "block4a_expand_activation", "block6a_expand_activation"), "top_activation", 32),
+                                "block4a_expand_activation", "block6a_expand_activation"), "top_activation", 32,
+                               file_preprocess="raw255_std_fix"),
     # InceptionV3 pads 'valid': at 256 px its maps are 125 (layer 9), 60 (layer 16), 29 (mixed2), 14 (mixed7),
     # 6 (mixed10) instead of 128/64/32/16/8; the decoder resizes each upsampled map to its skip (ResizeLike).
     "inceptionv3": Backbone("InceptionV3", "tf", (9, 16, "mixed2", "mixed7"), "mixed10", 32,
@@ -131,7 +133,9 @@ def encoder_features(inputs, name: str, weights=None, **encoder_options) -> list
             raise ValueError(f"{name} encoder needs inputs of at least {spec.min_size}×{spec.min_size} px, "
                              f"got {h}×{w}")
     x = ChannelRepeat(3, name="grey_to_rgb")(inputs) if c == 1 else inputs
-    x = ImageNetPreprocess(spec.preprocess, name=f"{name}_preprocess")(x)
+    from_file = weights is not None and weights != "imagenet"
+    mode = spec.file_preprocess if from_file and spec.file_preprocess else spec.preprocess
+    x = ImageNetPreprocess(mode, name=f"{name}_preprocess")(x)
     encoder = build_encoder(name, (h, w, 3), weights, **encoder_options)
     feats = encoder(x)
     return list(feats)

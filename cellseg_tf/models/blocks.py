@@ -33,12 +33,13 @@ def conv_bn_relu(x, filters: int, name: str, kernel_size: int = 3, conv_cls=laye
 
 def double_conv(x, filters: int, name: str, dropout: float = 0.0, conv_cls=layers.Conv2D, norm: str = "batch",
                 kernel_regularizer=None):
-    """Seed 001 DoubleConv: (conv, BN, ReLU) ×2 with optional dropout between them."""
+    """Seed 001 DoubleConv: (conv, BN, ReLU, dropout) ×2; dropout layers only when `dropout` > 0."""
     kw = dict(conv_cls=conv_cls, norm=norm, kernel_regularizer=kernel_regularizer)
-    x = conv_bn_relu(x, filters, f"{name}_a", **kw)
-    if dropout > 0:
-        x = layers.Dropout(dropout, name=f"{name}_drop")(x)
-    return conv_bn_relu(x, filters, f"{name}_b", **kw)
+    for part in ("a", "b"):
+        x = conv_bn_relu(x, filters, f"{name}_{part}", **kw)
+        if dropout > 0:
+            x = layers.Dropout(dropout, name=f"{name}_{part}_drop")(x)
+    return x
 
 
 def attention_gate(x, g, inter_filters: int, name: str, gating_stride: int = 1, kernel_regularizer=None):

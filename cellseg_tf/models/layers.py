@@ -14,7 +14,7 @@ _PACKAGE = "cellseg_tf"
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 _TORCH_MEAN_RGB = (0.485, 0.456, 0.406)
 _TORCH_STD_RGB = (0.229, 0.224, 0.225)
-PREPROCESS_MODES = ("caffe", "torch", "tf", "raw255", "none")
+PREPROCESS_MODES = ("caffe", "torch", "tf", "raw255", "raw255_std_fix", "none")
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -80,6 +80,10 @@ class ImageNetPreprocess(layers.Layer):
     - "torch" (DenseNet121): (x - mean) / std with ImageNet RGB statistics.
     - "tf" (MobileNetV2, InceptionV3): 2x - 1, i.e. [-1, 1].
     - "raw255" (EfficientNet, which rescales/normalises internally): ×255.
+    - "raw255_std_fix" (EfficientNet with weights loaded from a file): keras.applications adds its final
+      1/sqrt(stddev) rescaling only when built with weights="imagenet", so a file-loaded network normalises
+      u ∈ [0, 1] to (u − m)/sqrt(s) instead of (u − m)/s (m, s: ImageNet mean/std). Feeding
+      255·(m + (u − m)/sqrt(s)) makes its internal normalisation give exactly (u − m)/s.
     - "none": identity.
     """
 
@@ -103,6 +107,10 @@ class ImageNetPreprocess(layers.Layer):
             return x * 2.0 - 1.0
         if self.mode == "raw255":
             return x * 255.0
+        if self.mode == "raw255_std_fix":
+            mean = ops.convert_to_tensor(_TORCH_MEAN_RGB, dtype=dtype)
+            root_std = ops.convert_to_tensor([s ** 0.5 for s in _TORCH_STD_RGB], dtype=dtype)
+            return (mean + (x - mean) / root_std) * 255.0
         return x
 
     def compute_output_shape(self, input_shape):
