@@ -4,12 +4,9 @@
 - overhead_ratio: ensemble time / sum of the 5 single-model times (same Predictor, one model each; goal <= 1.1);
 - naive_speedup: time of a naive loop (per model, per tile `model.predict`, numpy blending) / ensemble time;
 - peak_rss_mb: peak resident memory of a fresh process predicting an 8192×8192 uint16 TIFF through the batch job
-  (`predict_batch`: streamed windowed reads, mask PNG written). 8192² through 5 U-Nets would take many minutes
-  on a shared laptop CPU, so by default this run uses 5 minimal members (1×1 conv + sigmoid; `--rss-base-filters`
-  picks U-Nets instead): reading, tiling, bands, batches, the 5-member graph, blending and writing are the same
-  code path, and the image-size-dependent memory lives there. The models' activation memory (one batch of tiles)
-  is measured separately: the same batch job on one 704×520 image with the 5 U-Nets (base_filters 16) in a fresh
-  process. Peak of the 8192² run + (U-Net run - minimal run's model memory) bounds a real 8192² U-Net run.
+  (`predict_batch`: streamed windowed reads, mask PNG written) with the same 5-U-Net ensemble (several minutes on
+  a 2-core CPU). `--rss-base-filters 0` swaps in 5 minimal members (1×1 conv + sigmoid) for a quick check of the
+  image-size-dependent memory alone, and then also measures the U-Nets' activation memory on one 704×520 image.
 
 Models have random weights (speed and memory do not depend on them). Last line:
 `s_per_image=<v> overhead_ratio=<v> naive_speedup=<v> peak_rss_mb=<v>`.
@@ -132,9 +129,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--base-filters", type=int, default=16)
     parser.add_argument("--rss-size", type=int, default=8192)
-    parser.add_argument("--rss-base-filters", type=int, default=0,
+    parser.add_argument("--rss-base-filters", type=int, default=16,
                         help="members of the 8192² memory run: U-Net base filters, 0 = minimal 1×1-conv members")
-    parser.add_argument("--rss-depth", type=int, default=2)
+    parser.add_argument("--rss-depth", type=int, default=4)
     parser.add_argument("--rss-dir", help=argparse.SUPPRESS)
     parser.add_argument("--skip-naive", action="store_true")
     args = parser.parse_args()

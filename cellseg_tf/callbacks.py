@@ -165,7 +165,8 @@ class TimeBudget(keras.callbacks.Callback):
 
 
 class CosineAnnealing(keras.callbacks.Callback):
-    """Cosine learning-rate decay from `learning_rate` to `learning_rate·alpha`, over steps or over time.
+    """Learning rate held at `learning_rate` for the first `hold` of the run, then cosine-decayed to
+    `learning_rate·alpha` over the rest (hold=0: plain cosine decay), over steps or over time.
 
     Progress is the larger of (optimizer steps / total_steps) and (training seconds / time_budget_s), so a run with a
     time budget anneals fully by the end of its budget however fast the machine is (an "anytime" schedule), and a
@@ -174,11 +175,13 @@ class CosineAnnealing(keras.callbacks.Callback):
     """
 
     def __init__(self, learning_rate: float, total_steps: int, time_budget_s: float = 0.0, alpha: float = 0.02,
-                 warmup_steps: int = 0, already_s: float = 0.0):
+                 warmup_steps: int = 0, already_s: float = 0.0, hold: float = 0.0):
         super().__init__()
+        if not 0 <= hold < 1:
+            raise ValueError(f"hold must be in [0, 1), got {hold}")
         self.base, self.total = float(learning_rate), max(1, int(total_steps))
         self.budget, self.alpha, self.warmup = float(time_budget_s), float(alpha), int(warmup_steps)
-        self.already_s = float(already_s)
+        self.already_s, self.hold = float(already_s), float(hold)
 
     def on_train_begin(self, logs=None):
         self.start = time.perf_counter()
@@ -191,7 +194,8 @@ class CosineAnnealing(keras.callbacks.Callback):
 
     def rate(self, step: int, seconds: float) -> float:
         """Learning rate at optimizer step `step` after `seconds` of training."""
-        cos = 0.5 * (1.0 + math.cos(math.pi * self.progress(step, seconds)))
+        decay = max(0.0, self.progress(step, seconds) - self.hold) / (1.0 - self.hold)
+        cos = 0.5 * (1.0 + math.cos(math.pi * decay))
         lr = self.base * (self.alpha + (1.0 - self.alpha) * cos)
         if self.warmup > 0 and step < self.warmup:
             lr *= (step + 1) / self.warmup

@@ -181,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="synthetic data -> train -> predict -> evaluate")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--n-images", type=int, default=16)
-    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--verbose", type=int, default=1)
     p.set_defaults(func=cmd_demo)

@@ -9,6 +9,11 @@ from pathlib import Path
 import yaml
 
 STRATEGIES = ("auto", "default", "mirrored", "tpu", "multiworker")
+DEFAULT_EPOCHS = 40
+DEFAULT_PATIENCE = 5
+UNLIMITED_EPOCHS = 100_000  # "until the time budget is spent"
+# fields whose default is None ("automatic"): the type a given value must have
+_OPTIONAL_TYPES = {"epochs": int, "early_stopping_patience": int, "learning_rate": float}
 
 
 @dataclass
@@ -28,10 +33,10 @@ class TrainConfig:
     mask_threshold: float = 0.0        # mask pixel > this is foreground (127 for anti-aliased 8-bit masks)
     patch_size: int = 128
     batch_size: int = 16
-    epochs: int = 40
+    epochs: int | None = None          # None: 40, or no limit when time_budget_s > 0 (the budget ends the run)
     steps_per_epoch: int = 0          # 0 = about two passes over the training pixels per epoch
-    learning_rate: float = 1e-3
-    early_stopping_patience: int = 10  # epochs without val_dice improvement; 0 disables
+    learning_rate: float | None = None  # None: the model's default (1e-3 from scratch, 1e-4 pretrained encoder)
+    early_stopping_patience: int | None = None  # None: 5 (seed 002), or off with a time budget; 0 disables
     time_budget_s: float = 0.0         # stop after this many seconds of training (0 = no limit)
     val_fraction: float = 0.2          # used only when the manifest has no split=val rows
     mixed_precision: str = "auto"      # auto | on | off
@@ -60,8 +65,12 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         if self.patch_size < 16 or self.patch_size % 16:
             raise ValueError(f"patch_size must be a multiple of 16 (>= 16), got {self.patch_size}")
-        if self.batch_size < 1 or self.epochs < 1:
+        if self.batch_size < 1 or (self.epochs is not None and self.epochs < 1):
             raise ValueError("batch_size and epochs must be >= 1")
+        if self.early_stopping_patience is not None and self.early_stopping_patience < 0:
+            raise ValueError(f"early_stopping_patience must be >= 0, got {self.early_stopping_patience}")
+        if self.time_budget_s < 0:
+            raise ValueError(f"time_budget_s must be >= 0, got {self.time_budget_s}")
         if self.channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {self.channels}")
         if self.mixed_precision not in ("auto", "on", "off"):
@@ -72,7 +81,7 @@ class TrainConfig:
             raise ValueError(f"need 0 <= norm_low < norm_high <= 100, got {self.norm_low}, {self.norm_high}")
         if self.mask_threshold < 0:
             raise ValueError(f"mask_threshold must be >= 0, got {self.mask_threshold}")
-        if self.learning_rate <= 0:
+        if self.learning_rate is not None and self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
         if self.freeze_encoder_epochs < 0 or self.fine_tune_layers < 0:
             raise ValueError("freeze_encoder_epochs and fine_tune_layers must be >= 0")
@@ -85,6 +94,19 @@ class TrainConfig:
             if not isinstance(getattr(self, key), dict):
                 raise ValueError(f"{key} must be a mapping, got {getattr(self, key)!r}")
         return self
+
+    def planned_epochs(self) -> int:
+        """`epochs`, or its automatic value: 40, or no limit (UNLIMITED_EPOCHS) when a time budget ends the run."""
+        if self.epochs is not None:
+            return self.epochs
+        return UNLIMITED_EPOCHS if self.time_budget_s > 0 else DEFAULT_EPOCHS
+
+    def patience(self) -> int:
+        """`early_stopping_patience`, or its automatic value: 5 (seed 002), or 0 (off) when a time budget is set —
+        the default cosine schedule anneals over the budget, and stopping before its end would cut that short."""
+        if self.early_stopping_patience is not None:
+            return self.early_stopping_patience
+        return 0 if self.time_budget_s > 0 else DEFAULT_PATIENCE
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -137,6 +159,8 @@ def _coerce(key: str, value, default):
     """Cast `value` to the type of the field's default; a clear error when it cannot be."""
     if value is None or isinstance(default, str) and isinstance(value, str):
         return value
+    if default is None and key in _OPTIONAL_TYPES:
+        default = _OPTIONAL_TYPES[key]()
     try:
         if isinstance(default, bool):
             if isinstance(value, str):

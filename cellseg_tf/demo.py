@@ -31,7 +31,7 @@ def write_overlays(pred_dir: Path, samples, out_dir: Path) -> list[Path]:
     return paths
 
 
-def run_demo(out: str | os.PathLike = "runs/demo", n_images: int = 16, image_size: int = 256, epochs: int = 12,
+def run_demo(out: str | os.PathLike = "runs/demo", n_images: int = 16, image_size: int = 256, epochs: int = 20,
              patch_size: int = 128, batch_size: int = 8, steps_per_epoch: int = 0, seed: int = 0,
              verbose: int = 1, manifest: str | os.PathLike | None = None) -> dict:
     """Run the whole pipeline and return (and write to OUT/summary.json) the summary.

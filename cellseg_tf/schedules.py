@@ -107,16 +107,19 @@ def plateau(learning_rate: float, steps_per_epoch: int, factor: float = 0.5, pat
 
 @register_schedule("cosine")
 def cosine(learning_rate: float, steps_per_epoch: int, alpha: float = 0.02, warmup_steps: int = 0,
-           plan: RunPlan | None = None) -> Schedule:
-    """lr·(alpha + (1-alpha)·½(1 + cos(π·progress))), progress = max(step/total_steps, seconds/time_budget)."""
+           hold: float = 0.0, plan: RunPlan | None = None) -> Schedule:
+    """lr·(alpha + (1-alpha)·½(1 + cos(π·d))), d = max(0, progress - hold) / (1 - hold),
+    progress = max(step/total_steps, seconds/time_budget): the rate stays at lr for the first `hold` of the run."""
     from .callbacks import CosineAnnealing
 
     if not 0 <= alpha <= 1:
         raise ValueError(f"cosine schedule: alpha must be in [0, 1], got {alpha}")
+    if not 0 <= hold < 1:
+        raise ValueError(f"cosine schedule: hold must be in [0, 1), got {hold}")
     plan = plan or RunPlan()
     total = plan.total_steps or steps_per_epoch
     cb = CosineAnnealing(float(learning_rate), total, plan.time_budget_s, float(alpha), int(warmup_steps),
-                         plan.elapsed_s)
+                         plan.elapsed_s, float(hold))
     return Schedule(float(learning_rate), [cb])
 
 

@@ -152,11 +152,12 @@ class Phase:
 def plan_phases(config: TrainConfig) -> list[Phase]:
     """One `train` phase, or `frozen` for freeze_encoder_epochs epochs then `fine_tune` at a lower learning rate."""
     n = config.freeze_encoder_epochs
+    epochs = config.planned_epochs()
     if n <= 0:
-        return [Phase("train", 0, config.epochs)]
-    if n >= config.epochs:
-        return [Phase("frozen", 0, config.epochs)]
-    return [Phase("frozen", 0, n), Phase("fine_tune", n, config.epochs, config.fine_tune_lr_factor)]
+        return [Phase("train", 0, epochs)]
+    if n >= epochs:
+        return [Phase("frozen", 0, epochs)]
+    return [Phase("frozen", 0, n), Phase("fine_tune", n, epochs, config.fine_tune_lr_factor)]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -218,7 +219,7 @@ def train(config: TrainConfig, samples: list[Sample] | None = None, *, resume: b
     from .distribute import select_strategy, strategy_name
     from .losses import get_loss
     from .metrics import default_metrics
-    from .models import build_model
+    from .models import build_model, default_learning_rate
     from .schedules import RunPlan, build_optimizer, build_schedule
 
     config.validate()
@@ -234,11 +235,12 @@ def train(config: TrainConfig, samples: list[Sample] | None = None, *, resume: b
         state = read_state(run)
         if state is None or not last_path.is_file():
             raise FileNotFoundError(f"{run}: nothing to resume (needs last.keras and train_state.json of a run)")
-        if state.get("finished") and (state.get("stop_reason") != "epochs" or state["epochs_done"] >= config.epochs):
+        if state.get("finished") and (state.get("stop_reason") != "epochs" or state["epochs_done"] >= config.planned_epochs()):
             return _result(run, state)  # already complete: nothing to continue
-    else:
+    else:  # a fresh run in an old run's folder replaces it: no stale best/last/epoch model may survive
         run.mkdir(parents=True, exist_ok=True)
-        for stale in (history_path, run / "train_state.json"):
+        for stale in (history_path, run / "train_state.json", best_path, last_path,
+                      *sorted((run / "epochs").glob("epoch_*.keras"))):
             stale.unlink(missing_ok=True)
     config.save(run / "config.yaml")
 
@@ -266,8 +268,8 @@ def train(config: TrainConfig, samples: list[Sample] | None = None, *, resume: b
     if config.checkpoint_every_epoch:
         fixed.append(EpochCheckpoint(run / "epochs"))
     early = None
-    if config.early_stopping_patience > 0:
-        early = ResumableEarlyStopping(monitor="val_dice", mode="max", patience=config.early_stopping_patience)
+    if config.patience() > 0:
+        early = ResumableEarlyStopping(monitor="val_dice", mode="max", patience=config.patience())
         early.set_resume_state(saved_cb.get("early_stopping"))
         resumables["early_stopping"] = early
     sampler = PatchSampler(train_pairs, config.patch_size, config.augmentation, config.seed,
@@ -290,6 +292,7 @@ def train(config: TrainConfig, samples: list[Sample] | None = None, *, resume: b
         with precision_policy(mixed), strategy.scope():
             model = keras.models.load_model(last_path)
         loaded_phase = state.get("phase")
+    base_lr = config.learning_rate if config.learning_rate is not None else default_learning_rate(config.model)
     phases = plan_phases(config)
     names = [ph.name for ph in phases]
     for index, phase in enumerate(phases):
@@ -297,7 +300,7 @@ def train(config: TrainConfig, samples: list[Sample] | None = None, *, resume: b
             continue
         if loaded_phase in names and index < names.index(loaded_phase):
             continue  # resumed in a later phase that began early (the frozen phase stopped early)
-        lr = config.learning_rate * phase.lr_factor
+        lr = base_lr * phase.lr_factor
         resumed_here = loaded_phase == phase.name
         # the epoch this phase really began at: its planned start, or earlier when the frozen phase stopped early
         phase_start = int(state.get("phase_start", phase.start)) if resumed_here else epoch

@@ -32,6 +32,27 @@ def test_defaults_are_stable():
     assert (d.model, d.loss, d.optimizer, d.schedule, d.mixed_precision, d.strategy) == (
         "unet", "bce_dice", "adam", "cosine", "auto", "auto")
     assert d.freeze_encoder_epochs == 0 and not d.checkpoint_every_epoch and not d.tensorboard
+    assert d.learning_rate is None and (d.patch_size, d.batch_size) == (128, 16)   # None: the model's own rate
+
+
+def test_default_learning_rate_is_the_models():
+    from cellseg_tf.models import available_models, default_learning_rate
+
+    assert default_learning_rate("unet") == default_learning_rate("attention_unet") == pytest.approx(1e-3)
+    pretrained = [m for m in available_models() if m.endswith("_unet") and m not in ("unet", "attention_unet")]
+    pretrained += ["model1_densenet", "model2_vgg_attention", "model3_vgg_attention_ia"]
+    assert len(pretrained) == 9 and all(default_learning_rate(m) == pytest.approx(1e-4) for m in pretrained)
+    assert TrainConfig.from_dict({"learning_rate": "2e-4"}).learning_rate == pytest.approx(2e-4)
+
+
+def test_epochs_and_patience_follow_the_time_budget_unless_set():
+    plain, timed = TrainConfig(), TrainConfig(time_budget_s=600)
+    assert (plain.planned_epochs(), plain.patience()) == (40, 5)       # seed 002's patience
+    assert timed.planned_epochs() >= 10_000 and timed.patience() == 0  # the budget ends the run
+    explicit = TrainConfig(time_budget_s=600, epochs=12, early_stopping_patience=3)
+    assert (explicit.planned_epochs(), explicit.patience()) == (12, 3)
+    assert TrainConfig.from_dict(TrainConfig().to_dict()).epochs is None  # "auto" survives config.yaml
+    assert TrainConfig.from_dict({"early_stopping_patience": "7"}).patience() == 7
 
 
 def test_yaml_strings_are_coerced_and_bad_values_named(tmp_path):
@@ -56,7 +77,8 @@ def test_override_key_value():
 
 @pytest.mark.parametrize("field,value", [("patch_size", 30), ("mixed_precision", "maybe"), ("strategy", "gpu"),
                                          ("fine_tune_lr_factor", 0.0), ("learning_rate", -1.0),
-                                         ("schedule_options", "x")])
+                                         ("schedule_options", "x"), ("early_stopping_patience", -1),
+                                         ("time_budget_s", -5.0), ("mask_threshold", -1.0)])
 def test_validate_rejects(field, value):
     config = TrainConfig()
     setattr(config, field, value)

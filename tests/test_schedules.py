@@ -81,6 +81,12 @@ def test_cosine_schedule_anneals_over_steps_or_time_whichever_is_first():
     assert warm.rate(0, 0.0) == pytest.approx(0.25, rel=1e-3) and warm.rate(3, 0.0) == pytest.approx(1.0, rel=1e-3)
     with pytest.raises(ValueError, match="alpha"):
         build_schedule("cosine", 1e-3, 10, alpha=2.0)
+    held = build_schedule("cosine", 1.0, 10, hold=0.6, plan=RunPlan(total_steps=100)).callbacks[0]
+    assert held.rate(0, 0.0) == held.rate(60, 0.0) == pytest.approx(1.0)      # flat for the first 60 %
+    assert held.rate(80, 0.0) == pytest.approx(0.02 + 0.98 * 0.5)              # half-way through the decay
+    assert held.rate(100, 0.0) == pytest.approx(0.02)
+    with pytest.raises(ValueError, match="hold"):
+        build_schedule("cosine", 1e-3, 10, hold=1.0)
 
 
 def test_cosine_schedule_sets_the_optimizer_rate_during_fit():

@@ -38,7 +38,7 @@ class KillMidEpoch(keras.callbacks.Callback):
 
 def test_resume_after_kill_continues_epochs_history_optimizer_and_schedule(tiny_manifest, tmp_path):
     run = tmp_path / "run"
-    config = tiny_config(tiny_manifest, run, schedule="exponential",
+    config = tiny_config(tiny_manifest, run, schedule="exponential", learning_rate=1e-3,
                          schedule_options={"decay_steps": STEPS, "decay_rate": 0.5},
                          sampling_weights={"background": 1, "small": 4, "large": 2},
                          hard_mining=True, hard_mining_options={"max_patches": 4})
@@ -173,6 +173,25 @@ def test_early_stop_while_frozen_moves_on_to_fine_tuning(tiny_manifest, tmp_path
     np.testing.assert_allclose(result.history["learning_rate"], [1e-2, 1e-2, 1e-3], rtol=1e-5)
     assert result.stop_reason == "early_stopping" and read_state(tmp_path / "run")["phase"] == "fine_tune"
     assert not np.array_equal(rec.snapshots[-2]["e_conv2"], rec.snapshots[-1]["e_conv2"])  # encoder unfrozen
+
+
+def test_a_time_budget_ends_the_run_and_the_cosine_schedule_anneals_over_it(tiny_manifest, tmp_path, flat_val_dice):
+    """epochs and patience left automatic: the budget, not epoch 40 or early stopping (val Dice is flat here),
+    ends the run, and the learning rate has decayed most of the way by then."""
+    result = train(tiny_config(tiny_manifest, tmp_path / "run", epochs=None, time_budget_s=4.0, learning_rate=1e-3))
+    assert result.stop_reason == "time_budget" and 4.0 <= result.train_seconds < 30
+    lr = result.history["learning_rate"]
+    assert len(lr) >= 3 and lr[-1] < 0.5 * lr[0] and all(a >= b for a, b in zip(lr, lr[1:]))
+
+
+def test_fresh_run_in_an_old_run_folder_leaves_no_stale_models(tiny_manifest, tmp_path):
+    run = tmp_path / "run"
+    (run / "epochs").mkdir(parents=True)
+    for stale in (run / "best.keras", run / "epochs" / "epoch_009.keras"):
+        stale.write_text("a model of an older run")
+    train(tiny_config(tiny_manifest, run, epochs=1, checkpoint_every_epoch=True))
+    assert sorted(p.name for p in (run / "epochs").iterdir()) == ["epoch_001.keras"]
+    assert isinstance(keras.models.load_model(run / "best.keras"), keras.Model)
 
 
 def test_tensorboard_without_the_package_is_a_clear_error(tiny_manifest, tmp_path):

@@ -25,6 +25,11 @@ def model_stride(name: str, **options) -> int:
     return _spec(name).stride(**options)
 
 
+def default_learning_rate(name: str) -> float:
+    """The Adam rate model `name` trains with by default: 1e-3 from scratch, 1e-4 on a pretrained encoder."""
+    return _spec(name).learning_rate
+
+
 def _spec(name: str) -> ModelSpec:
     if name not in MODEL_REGISTRY:
         raise KeyError(f"unknown model {name!r}; available: {', '.join(available_models())}")
@@ -42,5 +47,5 @@ def build_model(name: str, input_shape: tuple = (None, None, 1), **options):
     return spec.build(input_shape=tuple(input_shape), **options)
 
 
-__all__ = ["build_model", "available_models", "model_stride", "register_model", "MODEL_REGISTRY", "BACKBONES",
+__all__ = ["build_model", "available_models", "model_stride", "default_learning_rate", "register_model", "MODEL_REGISTRY", "BACKBONES",
            "available_backbones", "build_backbone"]

@@ -13,7 +13,7 @@ import keras
 
 from .backbones import BACKBONES, encoder_features, get_backbone
 from .blocks import align_to, double_conv, image_input, sigmoid_head, upsample
-from .registry import register_model
+from .registry import PRETRAINED_ENCODER_LR, register_model
 
 DEFAULT_DECODER_FILTERS = (256, 128, 64, 32, 16)
 
@@ -46,7 +46,7 @@ def _register(backbone: str) -> None:
     stride = BACKBONES[backbone].stride
     builder = partial(build_encoder_unet, backbone)
     builder.__doc__ = f"{backbone} encoder U-Net. " + (build_encoder_unet.__doc__ or "")
-    register_model(f"{backbone}_unet", stride=lambda **_: stride)(builder)
+    register_model(f"{backbone}_unet", stride=lambda **_: stride, learning_rate=PRETRAINED_ENCODER_LR)(builder)
 
 
 for _name in BACKBONES:

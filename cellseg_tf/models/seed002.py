@@ -23,7 +23,7 @@ from keras import layers
 from .backbones import encoder_features
 from .blocks import (NORMALIZATIONS, align_to, attention_gate, conv_bn_relu, double_conv, image_input,
                      instance_activation, normalization, sigmoid_head, upsample)
-from .registry import register_model
+from .registry import PRETRAINED_ENCODER_LR, register_model
 
 
 def _rates(bounds, n: int) -> list[float]:
@@ -36,7 +36,7 @@ def _encoder_options(encoder_freeze: bool, unfreeze_blocks: int, train_encoder_b
     return dict(freeze=encoder_freeze, unfreeze_blocks=unfreeze_blocks, train_bn=train_encoder_bn)
 
 
-@register_model("model1_densenet", stride=lambda **_: 32)
+@register_model("model1_densenet", stride=lambda **_: 32, learning_rate=PRETRAINED_ENCODER_LR)
 def build_model1_densenet(input_shape: tuple = (None, None, 3), encoder_weights=None, encoder_freeze: bool = True,
                           unfreeze_blocks: int = 0, train_encoder_bn: bool = False,
                           decoder_filters: tuple = (512, 256, 128, 64), dropout=(0.25, 0.5), l2: float = 1e-4,
@@ -64,7 +64,7 @@ def build_model1_densenet(input_shape: tuple = (None, None, 3), encoder_weights=
     return keras.Model(inputs, sigmoid_head(x), name=name)
 
 
-@register_model("model2_vgg_attention", stride=lambda **_: 16)
+@register_model("model2_vgg_attention", stride=lambda **_: 16, learning_rate=PRETRAINED_ENCODER_LR)
 def build_model2_vgg_attention(input_shape: tuple = (None, None, 3), encoder_weights=None,
                                encoder_freeze: bool = True, unfreeze_blocks: int = 0,
                                train_encoder_bn: bool = False, decoder_filters: tuple = (256, 128, 64, 32),
@@ -84,7 +84,7 @@ def build_model2_vgg_attention(input_shape: tuple = (None, None, 3), encoder_wei
     return keras.Model(inputs, sigmoid_head(x), name=name)
 
 
-@register_model("model3_vgg_attention_ia", stride=lambda **_: 32)
+@register_model("model3_vgg_attention_ia", stride=lambda **_: 32, learning_rate=PRETRAINED_ENCODER_LR)
 def build_model3_vgg_attention_ia(input_shape: tuple = (None, None, 3), encoder_weights=None,
                                   encoder_freeze: bool = True, unfreeze_blocks: int = 0,
                                   train_encoder_bn: bool = False, decoder_filters: tuple = (512, 256, 128, 64, 32),
