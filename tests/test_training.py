@@ -178,8 +178,11 @@ def test_early_stop_while_frozen_moves_on_to_fine_tuning(tiny_manifest, tmp_path
 def test_a_time_budget_ends_the_run_and_the_cosine_schedule_anneals_over_it(tiny_manifest, tmp_path, flat_val_dice):
     """epochs and patience left automatic: the budget, not epoch 40 or early stopping (val Dice is flat here),
     ends the run, and the learning rate has decayed most of the way by then."""
-    result = train(tiny_config(tiny_manifest, tmp_path / "run", epochs=None, time_budget_s=4.0, learning_rate=1e-3))
-    assert result.stop_reason == "time_budget" and 4.0 <= result.train_seconds < 30
+    # The budget is sized from one measured epoch (tracing included), so a slow or busy machine still fits >= 3.
+    one_epoch_s = train(tiny_config(tiny_manifest, tmp_path / "probe", epochs=1)).train_seconds
+    budget = max(4.0, 4 * one_epoch_s)
+    result = train(tiny_config(tiny_manifest, tmp_path / "run", epochs=None, time_budget_s=budget, learning_rate=1e-3))
+    assert result.stop_reason == "time_budget" and budget <= result.train_seconds < budget + 2 * one_epoch_s + 10
     lr = result.history["learning_rate"]
     assert len(lr) >= 3 and lr[-1] < 0.5 * lr[0] and all(a >= b for a, b in zip(lr, lr[1:]))
 
