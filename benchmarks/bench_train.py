@@ -30,11 +30,12 @@ def _compiled_model(config):
     from cellseg_tf.metrics import default_metrics
     from cellseg_tf.models import build_model
     from cellseg_tf.schedules import build_optimizer
+    from cellseg_tf.training import base_learning_rate
 
     keras.utils.set_random_seed(config.seed)
     model = build_model(config.model, input_shape=(config.patch_size, config.patch_size, config.channels),
                         **config.model_options)
-    model.compile(optimizer=build_optimizer(config.optimizer, config.learning_rate),
+    model.compile(optimizer=build_optimizer(config.optimizer, base_learning_rate(config)),
                   loss=get_loss(config.loss, **config.loss_options), metrics=default_metrics())
     return model
 

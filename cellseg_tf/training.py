@@ -149,6 +149,13 @@ class Phase:
     lr_factor: float = 1.0
 
 
+def base_learning_rate(config: TrainConfig) -> float:
+    """The run's starting learning rate: `config.learning_rate`, or the model's default when it is None."""
+    from .models import default_learning_rate
+
+    return float(config.learning_rate) if config.learning_rate is not None else default_learning_rate(config.model)
+
+
 def plan_phases(config: TrainConfig) -> list[Phase]:
     """One `train` phase, or `frozen` for freeze_encoder_epochs epochs then `fine_tune` at a lower learning rate."""
     n = config.freeze_encoder_epochs
@@ -219,7 +226,7 @@ def train(config: TrainConfig, samples: list[Sample] | None = None, *, resume: b
     from .distribute import select_strategy, strategy_name
     from .losses import get_loss
     from .metrics import default_metrics
-    from .models import build_model, default_learning_rate
+    from .models import build_model
     from .schedules import RunPlan, build_optimizer, build_schedule
 
     config.validate()
@@ -292,7 +299,7 @@ def train(config: TrainConfig, samples: list[Sample] | None = None, *, resume: b
         with precision_policy(mixed), strategy.scope():
             model = keras.models.load_model(last_path)
         loaded_phase = state.get("phase")
-    base_lr = config.learning_rate if config.learning_rate is not None else default_learning_rate(config.model)
+    base_lr = base_learning_rate(config)
     phases = plan_phases(config)
     names = [ph.name for ph in phases]
     for index, phase in enumerate(phases):
