@@ -116,7 +116,7 @@ def _unet_classic(patch_size: int, channels: int) -> A.Compose:
 
 @register_policy("default")
 def _default(patch_size: int, channels: int) -> A.Compose:
-    """Our default: dihedral transforms, mild elastic warp and mild photometric jitter (contrast/gamma/noise)."""
+    """Our default: dihedral transforms, mild elastic warp and mild photometric jitter (brightness/contrast/gamma)."""
     return A.Compose([
         A.HorizontalFlip(p=0.5),
         A.VerticalFlip(p=0.5),

@@ -255,13 +255,10 @@ class BCELoss(_ParamLoss):
 
 
 @register_loss("weighted_bce")
-class WeightedBCELoss(_ParamLoss):
+class WeightedBCELoss(BCELoss):
     """Weighted BCE with a 10:1 foreground:background weight by default (seed 002 §3.4.1; see `bce`)."""
 
     _params = {"pos_weight": 10.0}
-
-    def call(self, y_true, y_pred):
-        return bce(y_true, y_pred, self.params["pos_weight"])
 
 
 @register_loss("dice")

@@ -155,21 +155,21 @@ def test_one_pair_from_each_shared_dataset(shared_data):
         assert read_image(s.image, channels=3).shape == hw + (3,)
 
 
+@pytest.mark.parametrize("name, content, problem", [
+    ("nope.png", None, "nope.png: file not found"),
+    ("empty.png", b"", "empty.png: file is empty"),
+    ("bad.png", b"\x89PNG not really", "bad.png: cannot decode"),
+    ("bad.tif", b"II*\x00garbage", "bad.tif"),
+    ("a.gif", b"GIF89a", "a.gif.*unsupported extension"),
+])
+def test_unreadable_files_name_file_and_problem(tmp_path, name, content, problem):
+    if content is not None:
+        (tmp_path / name).write_bytes(content)
+    with pytest.raises(ImageReadError, match=problem):
+        read_image(tmp_path / name)
+
+
 def test_bad_inputs_name_file_and_problem(tmp_path):
-    with pytest.raises(ImageReadError, match="nope.png: file not found"):
-        read_image(tmp_path / "nope.png")
-    (tmp_path / "empty.png").write_bytes(b"")
-    with pytest.raises(ImageReadError, match="empty.png: file is empty"):
-        read_image(tmp_path / "empty.png")
-    (tmp_path / "bad.png").write_bytes(b"\x89PNG not really")
-    with pytest.raises(ImageReadError, match="bad.png: cannot decode"):
-        read_image(tmp_path / "bad.png")
-    (tmp_path / "bad.tif").write_bytes(b"II*\x00garbage")
-    with pytest.raises(ImageReadError, match="bad.tif"):
-        read_image(tmp_path / "bad.tif")
-    (tmp_path / "a.gif").write_bytes(b"GIF89a")
-    with pytest.raises(ImageReadError, match="unsupported extension"):
-        read_image(tmp_path / "a.gif")
     nan = np.ones((4, 4), np.float32)
     nan[1, 1] = np.nan
     write_tiff(tmp_path / "nan.tif", nan)

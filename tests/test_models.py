@@ -1,7 +1,7 @@
 """Model zoo: registry, shapes/dtypes, safe-mode round trips, frozen encoders, mixed precision, custom layers.
 
 Big encoders are built at their smallest sizes (64 px; InceptionV3 96 px) with encoder_weights=None; the heaviest
-round trips / training steps are marked slow.
+round trips / training steps take a few seconds each; every model is covered by the default suite.
 """
 from __future__ import annotations
 
@@ -24,8 +24,6 @@ REQUIRED = {"unet", "attention_unet", "vgg16_unet", "densenet121_unet", "resnet5
 ENCODER_MODELS = sorted(REQUIRED - {"unet", "attention_unet"})
 ENCODER_NAME = {"model1_densenet": "densenet121_encoder", "model2_vgg_attention": "vgg16_encoder",
                 "model3_vgg_attention_ia": "vgg16_encoder"}
-HEAVY = {"densenet121_unet", "resnet50_unet", "efficientnetb0_unet", "inceptionv3_unet", "model1_densenet",
-         "vgg16_unet"}
 SMALL_OPTIONS = {"unet": dict(base_filters=4, depth=3),
                  "attention_unet": dict(base_filters=4, depth=3, weight_standardization=True)}
 
@@ -46,10 +44,6 @@ def _batch(name: str, channels: int = 1, n: int = 2, seed: int = 0) -> np.ndarra
 
 def _encoder(model, name: str):
     return model.get_layer(ENCODER_NAME.get(name, name.replace("_unet", "_encoder")))
-
-
-def _maybe_slow(names, also=()):
-    return [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY or n in also else n for n in names]
 
 
 # ----------------------------------------------------------------------------------------------- registry / API
@@ -119,8 +113,7 @@ def test_forward_shape_dtype_range(name):
         assert isinstance(model.get_layer("out_align"), ResizeLike)
 
 
-ROUND_TRIP = [pytest.param(n, {}, id=n, marks=[pytest.mark.slow] if n in HEAVY | {"mobilenetv2_unet"} else [])
-              for n in sorted(REQUIRED)] + [
+ROUND_TRIP = [pytest.param(n, {}, id=n) for n in sorted(REQUIRED)] + [
     pytest.param("model3_vgg_attention_ia", {"normalization": "instance"}, id="model3_vgg_attention_ia-instance")]
 
 
@@ -137,7 +130,7 @@ def test_keras_round_trip_safe_mode_identical(name, options, tmp_path):
     assert len(loaded.trainable_weights) == len(model.trainable_weights)
 
 
-@pytest.mark.parametrize("name", _maybe_slow(ENCODER_MODELS))
+@pytest.mark.parametrize("name", ENCODER_MODELS)
 def test_frozen_encoder_unchanged_decoder_trains(name):
     model = _build(name)
     encoder = _encoder(model, name)
@@ -155,7 +148,7 @@ def test_frozen_encoder_unchanged_decoder_trains(name):
     assert np.mean(changed) > 0.9, f"only {sum(changed)}/{len(changed)} decoder weights changed"
 
 
-@pytest.mark.parametrize("name", _maybe_slow(sorted(REQUIRED)))
+@pytest.mark.parametrize("name", sorted(REQUIRED))
 def test_mixed_precision_output_is_float32(name):
     keras.mixed_precision.set_global_policy("mixed_float16")
     model = _build(name)   # attention_unet: with WSConv2D
@@ -165,7 +158,6 @@ def test_mixed_precision_output_is_float32(name):
     assert model.get_layer("head_logits").compute_dtype == "float16"
 
 
-@pytest.mark.slow
 def test_inception_aligns_valid_padding_at_two_sizes():
     for size in (96, 128):
         model = build_model("inceptionv3_unet", input_shape=(size, size, 3))

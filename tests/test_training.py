@@ -265,7 +265,6 @@ def test_mixed_precision_compile_wraps_loss_scaling_and_outputs_float32():
     assert keras.mixed_precision.global_policy().name == "float32"
 
 
-@pytest.mark.slow
 def test_mixed_precision_run_resumes_with_loss_scale_state(tiny_manifest, tmp_path):
     run = tmp_path / "run"
     train(tiny_config(tiny_manifest, run, epochs=1, mixed_precision="on"))
