@@ -174,6 +174,31 @@ def cmd_stacks(args) -> int:
     return 0
 
 
+def cmd_manifest(args) -> int:
+    from .io import open_manifest
+    from .pairing import MASK_SUFFIXES, folder_manifest
+
+    suffixes = tuple(args.mask_suffix) if args.mask_suffix else MASK_SUFFIXES
+    path = Path(args.out)
+    checking = path.with_name(f".{path.name}.checking")  # same folder: its relative paths stay valid
+    try:
+        _, pairing = folder_manifest(checking, args.images, args.masks, val_fraction=args.val,
+                                     test_fraction=args.test, seed=args.seed, dataset=args.dataset,
+                                     modality=args.modality, unlabelled_as_test=args.unlabelled_as_test,
+                                     suffixes=suffixes)
+        for kind, files in (("image without a mask", pairing.unmatched_images),
+                            ("mask without an image", pairing.unmatched_masks)):
+            for file in files:
+                print(f"cellseg-tf manifest: {kind}: {file}", file=sys.stderr)
+        samples = open_manifest(checking)  # reads every header: size mismatches and unreadable files are named here
+        os.replace(checking, path)          # an invalid manifest never replaces the one at --out
+    finally:
+        checking.unlink(missing_ok=True)
+    counts = {split: sum(s.split == split for s in samples) for split in ("train", "val", "test")}
+    print(f"manifest={path} pairs={len(pairing.pairs)} " + " ".join(f"{k}={v}" for k, v in counts.items()))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cellseg-tf", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -253,6 +278,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-original", action="store_true", help="list only the variants, not the original pairs")
     p.set_defaults(func=cmd_expand)
+
+    p = sub.add_parser("manifest", help="a folder of images + a folder of masks (paired by name) -> manifest")
+    p.add_argument("--images", required=True, help="folder of images (.tif/.tiff/.png/.jpg)")
+    p.add_argument("--masks", help="folder of masks (default: beside the images, named <stem>_mask.* etc.)")
+    p.add_argument("--out", required=True, help="manifest CSV to write (paths relative to it)")
+    p.add_argument("--val", type=float, default=0.0, help="fraction of pairs for validation (0: training picks 20%%)")
+    p.add_argument("--test", type=float, default=0.0, help="fraction of pairs held out as test")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dataset", default="")
+    p.add_argument("--modality", default="")
+    p.add_argument("--mask-suffix", action="append", help="mask name suffix (repeatable; default _mask, _label, ...)")
+    p.add_argument("--unlabelled-as-test", action="store_true", help="add images without a mask as test rows")
+    p.set_defaults(func=cmd_manifest)
 
     p = sub.add_parser("stacks", help="multi-page TIFF stacks (Stacked_*.tif + *_Mask.tif) -> manifest")
     p.add_argument("--folder", required=True)

@@ -8,7 +8,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "cellseg_tf"
 
 # The pipeline order; a module may import from any module listed before it (never after).
 STAGES = [
-    "manifest", "io", "stacks", "synthetic", "preprocessing", "tiling", "augment", "sampling", "dataset", "expand",
+    "manifest", "io", "pairing", "stacks", "synthetic", "preprocessing", "tiling", "augment", "sampling", "dataset", "expand",
     "models", "losses", "metrics", "config", "visualize", "callbacks", "schedules", "distribute", "training",
     "crossval", "ensemble", "inference", "batch_predict", "instances", "evaluation", "statistics", "demo", "cli",
 ]

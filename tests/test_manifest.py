@@ -72,3 +72,4 @@ def test_errors_name_row_and_file(tmp_path, body, message):
 def test_missing_manifest(tmp_path):
     with pytest.raises(ManifestError, match="manifest not found"):
         load_manifest(tmp_path / "none.csv")
+
