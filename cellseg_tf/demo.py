@@ -20,12 +20,12 @@ from .visualize import overlay
 
 
 def write_overlays(pred_dir: Path, samples, out_dir: Path) -> list[Path]:
-    """One PNG per sample: [image | prediction-vs-truth overlay]."""
+    """One PNG per sample: [image | prediction-vs-truth overlay] (prediction alone, green, for a mask-less sample)."""
     paths = []
     for s in samples:
         image = percentile_normalize(read_image(s.image, 1))[..., 0]
         pred = read_mask(prediction_path(pred_dir, s))
-        truth = read_mask(s.mask)
+        truth = read_mask(s.mask) if s.mask else None
         grey = (np.repeat(image[..., None], 3, axis=-1) * 255).astype(np.uint8)
         paths.append(write_png(out_dir / f"{s.stem}.png", np.concatenate([grey, overlay(image, pred, truth)], axis=1)))
     return paths

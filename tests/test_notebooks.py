@@ -1,4 +1,4 @@
-"""The quickstart notebook runs top to bottom (tiny parameters, CPU) and shows its curves and overlays."""
+"""The notebooks run top to bottom (tiny parameters, CPU) and show their curves and overlays."""
 from __future__ import annotations
 
 import json
@@ -33,3 +33,32 @@ def test_quickstart_notebook_executes(tmp_path):
     assert not [o for o in outputs if o.get("output_type") == "error"]
     images = [o for o in outputs if "image/png" in o.get("data", {})]
     assert len(images) >= 2  # the curves and at least one overlay are shown inline
+
+
+def test_your_data_notebook_pairs_folders_trains_a_cv_ensemble_and_segments_new_images(tmp_path):
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    import numpy as np
+
+    from cellseg_tf.io import write_tiff
+
+    new_images = tmp_path / "new"
+    for i in range(2):
+        write_tiff(new_images / f"fresh_{i}.tif", (np.random.default_rng(i).random((96, 80)) * 4000).astype(np.uint16))
+    write_tiff(new_images / "broken.tif", np.zeros((4, 4), np.uint16))
+    (new_images / "broken.tif").write_bytes(b"II*\x00garbage")
+    nb = nbformat.read(NOTEBOOK.with_name("01_your_data.ipynb"), as_version=4)
+    out = tmp_path / "mine"
+    nb = _with_parameters(nb, OUT_DIR=str(out), PREDICT_DIR=str(new_images), FOLDS=2, EPOCHS=1, STEPS_PER_EPOCH=2,
+                          PATCH_SIZE=32, MINUTES_PER_MODEL=5.0)
+    nbclient.NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    assert len((out / "cv" / "models.txt").read_text().split()) == 2          # the 2 fold models form the ensemble
+    report = (out / "test_report.csv").read_text().splitlines()
+    assert len(report) == 1 + 2 and report[0].startswith("image")              # header + the 2 test images
+    assert sorted(p.name for p in (out / "predictions" / "new").glob("*.png")) == ["fresh_0.png", "fresh_1.png"]
+    assert "broken.tif" in (out / "predictions" / "new" / "failures.csv").read_text()
+    assert len(list((out / "overlays" / "new").glob("*.png"))) == 2
+    images = [o for o in outputs if "image/png" in o.get("data", {})]
+    assert len(images) >= 2 + 2 + 2  # 2 fold curves, test overlays, new-image overlays
