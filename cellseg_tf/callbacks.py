@@ -15,6 +15,8 @@ from pathlib import Path
 
 import keras
 
+from .io import write_text_atomic
+
 STATE_FILE = "train_state.json"
 
 
@@ -29,11 +31,7 @@ def save_model_atomic(model, path: str | os.PathLike) -> Path:
 
 
 def write_json_atomic(path: str | os.PathLike, data: dict) -> Path:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(path, json.dumps(data, indent=2))
 
 
 def _jsonable(value):

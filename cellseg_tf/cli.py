@@ -135,19 +135,34 @@ def cmd_predict(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from .evaluation import evaluate_folder, summarize
-    from .io import open_manifest
+    from .io import open_manifest, write_text_atomic
     from .manifest import select
 
     report = evaluate_folder(args.pred, select(open_manifest(args.manifest), args.split),
                              mask_threshold=args.mask_threshold)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    report.to_csv(out, index=False)
+    write_text_atomic(args.out, report.to_csv(index=False))
     summary = summarize(report)
     for key, value in summary.items():
         if key != "mean_dice":
             print(f"{key}={value:.4f}" if isinstance(value, float) else f"{key}={value}")
     print(f"mean_dice={summary['mean_dice']:.4f}")
+    return 0
+
+
+def cmd_morphometry(args) -> int:
+    from .inference import resolve_inputs
+    from .morphometry import measure_folder
+
+    images = resolve_inputs(args.input, args.split, exclude=args.pred)
+    if not images:
+        raise FileNotFoundError(f"{args.input}: no images found")
+    cells, per_image, failures = measure_folder(args.pred, images, args.out, pixel_size=args.pixel_size,
+                                                min_size=args.min_size)
+    for failure in failures:
+        print(f"cellseg-tf morphometry: skipped {failure}", file=sys.stderr)
+    unit = "px" if args.pixel_size == 1 else "units"
+    print(f"images={len(per_image)} cells={len(cells)} failed={len(failures)} "
+          f"median_area={cells['area'].median():.1f} ({unit}²) out={args.out}")
     return 0
 
 
@@ -266,6 +281,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mask-threshold", type=float, default=0,
                    help="truth mask pixel > this is foreground (default 0 keeps instance labels; 127: anti-aliased)")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("morphometry", help="per-cell measurements (area, shape, intensity) of predicted masks")
+    p.add_argument("--pred", required=True, help="the predict job's OUT folder")
+    p.add_argument("--input", required=True, help="the images that were predicted: folder, list file or manifest")
+    p.add_argument("--split", default=None, help="manifest split to measure (default: all rows)")
+    p.add_argument("--out", required=True, help="cells CSV (one row per cell); <name>_per_image.csv goes beside it")
+    p.add_argument("--pixel-size", type=float, default=1.0, help="length of a pixel (e.g. 0.65 for µm); 1 = pixels")
+    p.add_argument("--min-size", type=int, default=16, help="objects under this many px are dropped")
+    p.set_defaults(func=cmd_morphometry)
 
     p = sub.add_parser("expand", help="offline expansion: write K augmented variants per pair + a manifest")
     p.add_argument("--manifest", required=True)

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import TrainConfig
+from .io import write_text_atomic
 from .manifest import Sample, split_frame
 from .training import TrainResult, train
 
@@ -98,12 +99,6 @@ def summarize_folds(rows: list[dict]):
     return pd.concat([df, pd.DataFrame([mean, std])], ignore_index=True)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def run_cv(config: TrainConfig, folds: int = 5, out: str | os.PathLike = "runs/cv",
            samples: list[Sample] | None = None, resume: bool = False, use_manifest_folds: bool = True) -> CVResult:
     """Train one run per fold under OUT/fold_<id>/ (config.out is replaced) and write the CV summary.
@@ -120,9 +115,8 @@ def run_cv(config: TrainConfig, folds: int = 5, out: str | os.PathLike = "runs/c
     if samples is None:
         samples = open_manifest(config.manifest)
     plan = make_folds(samples, folds, config.seed, use_manifest_folds)
-    pd.DataFrame([{"image": s.image, "fold": f.id} for f in plan for s in f.val]).to_csv(
-        out / ".folds.csv.tmp", index=False)
-    os.replace(out / ".folds.csv.tmp", out / "folds.csv")
+    write_text_atomic(out / "folds.csv",
+                      pd.DataFrame([{"image": s.image, "fold": f.id} for f in plan for s in f.val]).to_csv(index=False))
     rows, results = [], []
     for fold in plan:
         cfg = TrainConfig.from_dict({**config.to_dict(), "out": str(out / fold.name)})
@@ -132,10 +126,9 @@ def run_cv(config: TrainConfig, folds: int = 5, out: str | os.PathLike = "runs/c
         rows.append({"fold": fold.name, "n_train": len(fold.train), "n_val": len(fold.val), **fold_metrics(result),
                      "model": str(Path(result.best_model).resolve())})
     table = summarize_folds(rows)
-    table.to_csv(out / ".summary.csv.tmp", index=False)
-    os.replace(out / ".summary.csv.tmp", out / "summary.csv")
+    write_text_atomic(out / "summary.csv", table.to_csv(index=False))
     models = [Path(r["model"]) for r in rows]
-    _write_atomic(out / "models.txt", "".join(f"{m}\n" for m in models))
+    write_text_atomic(out / "models.txt", "".join(f"{m}\n" for m in models))
     return CVResult(out, out / "summary.csv", models, table, results)
 
 

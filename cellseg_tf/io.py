@@ -271,6 +271,20 @@ def _atomic_target(path: Path):
     return tmp
 
 
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write `text` (UTF-8) to `path` through a temp file in the same folder and a rename: never a partial file."""
+    path = Path(path)
+    tmp = _atomic_target(path)
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
 def write_png(path: str | os.PathLike, array: np.ndarray) -> Path:
     """Atomically write a uint8/uint16 (H, W) or (H, W, 3 RGB) array as PNG (temp file + rename)."""
     path = Path(path)

@@ -1,9 +1,40 @@
-"""Pictures people would rather see than read: training curves and prediction-vs-truth overlays (PNG)."""
+"""Pictures people would rather see than read: training curves, prediction-vs-truth overlays, histograms (PNG)."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+
+
+def _save_figure(fig, path: Path) -> Path:
+    """Save atomically (temp PNG + rename) and close."""
+    import matplotlib.pyplot as plt
+
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def plot_histograms(columns: "dict[str, np.ndarray]", path: str | Path, title: str = "", bins: int = 30) -> Path:
+    """One histogram per named column of values, side by side -> PNG at `path` (NaNs ignored)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(columns), figsize=(4 * len(columns), 3.5), squeeze=False)
+    for ax, (name, values) in zip(axes[0], columns.items()):
+        values = np.asarray(values, np.float64)
+        ax.hist(values[np.isfinite(values)], bins=bins, color="tab:blue", alpha=0.8)
+        ax.set_xlabel(name)
+        ax.set_ylabel("cells")
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return _save_figure(fig, Path(path))
 
 
 def plot_curves(history: "dict[str, list[float]]", path: str | Path, title: str = "") -> Path:
@@ -28,11 +59,7 @@ def plot_curves(history: "dict[str, list[float]]", path: str | Path, title: str 
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return _save_figure(fig, path)
 
 
 def overlay(image: np.ndarray, pred: np.ndarray, truth: np.ndarray | None = None, alpha: float = 0.45) -> np.ndarray:

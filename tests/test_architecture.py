@@ -10,7 +10,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "cellseg_tf"
 STAGES = [
     "manifest", "io", "pairing", "stacks", "synthetic", "preprocessing", "tiling", "augment", "sampling", "dataset", "expand",
     "models", "losses", "metrics", "config", "visualize", "callbacks", "schedules", "distribute", "training",
-    "crossval", "ensemble", "inference", "batch_predict", "instances", "evaluation", "statistics", "demo", "cli",
+    "crossval", "ensemble", "inference", "batch_predict", "instances", "evaluation", "morphometry", "statistics",
+    "demo", "cli",
 ]
 
 

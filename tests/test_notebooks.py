@@ -60,5 +60,6 @@ def test_your_data_notebook_pairs_folders_trains_a_cv_ensemble_and_segments_new_
     assert sorted(p.name for p in (out / "predictions" / "new").glob("*.png")) == ["fresh_0.png", "fresh_1.png"]
     assert "broken.tif" in (out / "predictions" / "new" / "failures.csv").read_text()
     assert len(list((out / "overlays" / "new").glob("*.png"))) == 2
+    assert (out / "cells.csv").is_file() and len((out / "cells_per_image.csv").read_text().splitlines()) == 1 + 2
     images = [o for o in outputs if "image/png" in o.get("data", {})]
-    assert len(images) >= 2 + 2 + 2  # 2 fold curves, test overlays, new-image overlays
+    assert len(images) >= 2 + 2 + 2 + 1  # 2 fold curves, test overlays, new-image overlays, area histogram
