@@ -17,6 +17,7 @@ removed, so a later run retries it. Inputs are only read.
 from __future__ import annotations
 
 import csv
+import io
 import os
 import time
 import warnings
@@ -29,7 +30,7 @@ import numpy as np
 
 from .ensemble import TTA_MODES
 from .inference import Predictor, output_stem
-from .io import write_png, write_tiff
+from .io import write_png, write_text_atomic, write_tiff
 from .manifest import split_frame
 
 PROB_FORMATS = {"npy": ".npy", "tiff": ".tif"}
@@ -240,12 +241,11 @@ class _ImageOutputs:
 
 # ------------------------------------------------------------------------------------------------------ logs
 def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(header)
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    text = io.StringIO()
+    writer = csv.writer(text)
+    writer.writerow(header)
+    writer.writerows(rows)
+    write_text_atomic(path, text.getvalue())
 
 
 def _read_timings(path: Path) -> dict[str, list]:

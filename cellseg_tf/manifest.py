@@ -153,4 +153,3 @@ def write_manifest(path: str | os.PathLike, rows: list[dict]) -> Path:
     df.to_csv(tmp, index=False)
     os.replace(tmp, path)
     return path
-

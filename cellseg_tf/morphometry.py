@@ -114,7 +114,6 @@ def measure_folder(pred_dir: str | os.PathLike, images: Sequence[str], out_csv: 
     cells = pd.concat(tables, ignore_index=True)
     cells = cells[["image"] + [c for c in cells.columns if c != "image"]]
     per_image = pd.DataFrame(summaries)
-    out_csv.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out_csv, cells.to_csv(index=False))
     write_text_atomic(out_csv.with_name(f"{out_csv.stem}_per_image.csv"), per_image.to_csv(index=False))
     inside = cells[~cells["touches_border"].astype(bool)]
