@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 TEST_STAMP := $(VENV)/.installed-test
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-slow bench install clean
+.PHONY: demo test test-slow bench bench-instances-deps install wheel colab-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,5 +44,38 @@ test-slow: $(TEST_STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_isbi.py
 
+# The install source for Colab: dist/cellseg_tf-<version>-py3-none-any.whl (copy it to Google Drive; the notebooks'
+# install cell takes its path). build/ is removed first so a module that moved or was deleted cannot ride along.
+wheel: $(BIN)/python
+	rm -rf build dist/cellseg_tf-*.whl
+	$(BIN)/pip wheel --no-deps --wheel-dir dist .
+	rm -rf build
+	@ls dist/cellseg_tf-*.whl
+
+# A fresh Colab-like virtualenv (numpy 2, TensorFlow >= 2.19 with Keras 3, OpenCV, pandas, scikit-image), then the
+# notebooks' install cell run verbatim against the wheel, then checks (tests/colab_check.py; a few minutes).
+COLAB_VENV ?= .venv-colab
+colab-check: wheel
+	$(BIN)/python tests/colab_check.py --wheel "$$(ls dist/cellseg_tf-*.whl | tail -n 1)" --tf-package $(TF_PKG) \
+		--venv $(COLAB_VENV)
+
+# StarDist for benchmarks/bench_instances.py, in its own venv (tf-keras cannot share a process with Keras 3); never a
+# runtime dependency. tf-keras is pinned to TensorFlow's minor version and installed without deps, so pip does not
+# add the full tensorflow wheel beside tensorflow-cpu.
+SD_VENV  ?= .venv-stardist
+SD_BIN   := $(SD_VENV)/bin
+SD_STAMP := $(SD_VENV)/.installed
+
+$(SD_STAMP):
+	$(PYTHON) -m venv $(SD_VENV)
+	$(SD_BIN)/python -m pip install --upgrade pip
+	$(SD_BIN)/pip install "$(TF_PKG)>=2.16"
+	$(SD_BIN)/pip install --no-deps "tf-keras~=$$($(SD_BIN)/python -c "from importlib.metadata import version; print('.'.join(version('$(TF_PKG)').split('.')[:2]))").0"
+	$(SD_BIN)/pip install "stardist==0.9.2"
+	TF_USE_LEGACY_KERAS=1 $(SD_BIN)/python -c "import stardist.models, tf_keras; print('stardist', stardist.__version__, 'tf-keras', tf_keras.__version__)"
+	touch $(SD_STAMP)
+
+bench-instances-deps: $(SD_STAMP)
+
 clean:
-	rm -rf $(VENV) runs *.egg-info
+	rm -rf $(VENV) $(SD_VENV) runs *.egg-info build dist .venv-colab

@@ -26,16 +26,16 @@ SHARED_ISBI = Path(__file__).resolve().parents[2] / "shared" / "data" / "isbi201
 
 
 def _pairs(manifest: str | None, channels: int):
-    from cellseg_tf.dataset import load_pairs
-    from cellseg_tf.io import open_manifest
-    from cellseg_tf.manifest import select
+    from cellseg_tf.data.dataset import load_pairs
+    from cellseg_tf.data.io import open_manifest
+    from cellseg_tf.data.manifest import select
 
     if manifest is None and SHARED_ISBI.is_file():
         manifest = str(SHARED_ISBI)
     if manifest is None:
         import tempfile
 
-        from cellseg_tf.synthetic import make_dataset
+        from cellseg_tf.data.synthetic import make_dataset
 
         manifest = str(make_dataset(tempfile.mkdtemp(), n_images=8, shape=(512, 512), splits=(8, 0, 0), seed=0))
     rows = select(open_manifest(manifest), "train")
@@ -66,9 +66,9 @@ def main(argv=None) -> int:
     import keras
     import tensorflow as tf
 
-    from cellseg_tf.augment import apply_policy, get_policy
-    from cellseg_tf.dataset import PatchSampler, train_dataset
-    from cellseg_tf.losses import get_loss
+    from cellseg_tf.data.augment import apply_policy, get_policy
+    from cellseg_tf.data.dataset import PatchSampler, train_dataset
+    from cellseg_tf.training.losses import get_loss
     from cellseg_tf.models import build_model
 
     p, b = args.patch_size, args.batch_size

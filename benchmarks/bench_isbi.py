@@ -26,13 +26,15 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cellseg_tf.config import TrainConfig  # noqa: E402
-from cellseg_tf.dataset import load_pairs, train_dataset  # noqa: E402
-from cellseg_tf.evaluation import binary_scores  # noqa: E402
-from cellseg_tf.inference import Predictor, load_models  # noqa: E402
-from cellseg_tf.io import open_manifest  # noqa: E402
-from cellseg_tf.manifest import select  # noqa: E402
-from cellseg_tf.training import train  # noqa: E402
+from cellseg_tf.training.config import TrainConfig  # noqa: E402
+from cellseg_tf.data.dataset import load_pairs, train_dataset  # noqa: E402
+from cellseg_tf.analysis.evaluation import binary_scores  # noqa: E402
+from cellseg_tf.models.loading import load_models  # noqa: E402
+from cellseg_tf.predict.inference import Predictor  # noqa: E402
+from cellseg_tf.predict.options import PredictOptions  # noqa: E402
+from cellseg_tf.data.io import open_manifest  # noqa: E402
+from cellseg_tf.data.manifest import select  # noqa: E402
+from cellseg_tf.training.engine import train  # noqa: E402
 
 
 def plain_unet(size: int = 256, base: int = 16, depth: int = 4):
@@ -60,7 +62,7 @@ def plain_unet(size: int = 256, base: int = 16, depth: int = 4):
 def train_baseline(pairs, seconds: float, seed: int = 0):
     import keras
 
-    from cellseg_tf.losses import get_loss
+    from cellseg_tf.training.losses import get_loss
 
     keras.utils.set_random_seed(seed)
     model = plain_unet()
@@ -98,7 +100,7 @@ def main() -> None:
     baseline = float("nan")
     if not args.skip_baseline:
         model, steps, secs = train_baseline(load_pairs(select(samples, "train")), seconds)
-        baseline = score(Predictor([model], patch_size=256, overlap=0.0), test_pairs)
+        baseline = score(Predictor([model], PredictOptions(patch_size=256, overlap=0.0)), test_pairs)
         print(f"baseline: {steps} steps of 8×256² in {secs:.0f} s -> test Dice {baseline:.4f}", flush=True)
 
     config = TrainConfig(manifest=str(manifest), out=str(Path(args.out) / "ours"), time_budget_s=seconds, verbose=2)
@@ -108,7 +110,7 @@ def main() -> None:
     ours = score(Predictor(models), test_pairs)
     print(f"ours: {len(result.history['loss'])} epochs in {result.train_seconds:.0f} s "
           f"(best val Dice {result.best_val_dice:.4f}) -> test Dice {ours:.4f}", flush=True)
-    ours_tta = score(Predictor(models, tta="d4"), test_pairs)
+    ours_tta = score(Predictor(models, PredictOptions(tta="d4")), test_pairs)
     print(f"ours + 8-fold test-time augmentation (predict --tta d4): test Dice {ours_tta:.4f}", flush=True)
     print(f"baseline_dice={baseline:.4f} ours_dice={ours:.4f} delta={ours - baseline:+.4f} minutes={args.minutes:g}")
 

@@ -59,8 +59,8 @@ def timed(fn, images) -> float:
 
 def naive_predict(models, image: np.ndarray, patch: int, overlap: float) -> np.ndarray:
     """The slow baseline: for every model, for every tile, one `model.predict` call; blend with the same window."""
-    from cellseg_tf.preprocessing import pad_to_multiple, percentile_normalize
-    from cellseg_tf.tiling import TileAccumulator, blend_window, tile_origins
+    from cellseg_tf.data.preprocessing import pad_to_multiple, percentile_normalize
+    from cellseg_tf.data.tiling import TileAccumulator, blend_window, tile_origins
 
     x = pad_to_multiple(percentile_normalize(image), 1, "reflect", min_size=patch)
     ov = int(round(overlap * patch))
@@ -77,8 +77,10 @@ def write_test_tiff(path: Path, h: int, w: int) -> None:
     """An (h, w) uint16 TIFF written in bands (in the parent process: GDAL's write cache must not count)."""
     import rasterio
 
-    with rasterio.open(path, "w", driver="GTiff", height=h, width=w, count=1, dtype="uint16",
-                       tiled=True, blockxsize=256, blockysize=256) as dst:
+    from cellseg_tf.data.tiff import open_tiff
+
+    with open_tiff(path, "w", driver="GTiff", height=h, width=w, count=1, dtype="uint16",
+                   tiled=True, blockxsize=256, blockysize=256) as dst:
         rng = np.random.default_rng(0)
         for r0 in range(0, h, 1024):
             n = min(1024, h - r0)
@@ -102,7 +104,8 @@ def peak_rss_mb() -> float:
 
 def rss_child(args) -> None:
     """Runs in a fresh process: predict OUT/image.tif with the batch job, print peak RSS (MB) as JSON."""
-    from cellseg_tf.batch_predict import predict_batch
+    from cellseg_tf.predict.batch_predict import predict_batch
+    from cellseg_tf.predict.options import BatchOptions
 
     tmp = Path(args.rss_dir)
     path = tmp / "image.tif"
@@ -114,8 +117,8 @@ def rss_child(args) -> None:
     del models
     base = peak_rss_mb()
     t0 = time.perf_counter()
-    result = predict_batch(paths, [str(path)], tmp / "out", overlap=args.overlap, batch_size=args.batch_size,
-                           progress=False)
+    options = BatchOptions(overlap=args.overlap, batch_size=args.batch_size, progress=False)
+    result = predict_batch([str(path)], paths, tmp / "out", options)
     seconds = time.perf_counter() - t0
     peak = peak_rss_mb()
     print(json.dumps({"peak_rss_mb": peak, "rss_before_predict_mb": base, "seconds": seconds, **result}))
@@ -164,13 +167,15 @@ def main() -> None:
     if args.rss_base_filters != args.base_filters:  # the model-activation side of memory, on the benchmark images
         peak_rss("520x704", args.base_filters, 4)
 
-    from cellseg_tf.inference import Predictor
+    from cellseg_tf.predict.inference import Predictor
+    from cellseg_tf.predict.options import PredictOptions
 
     rng = np.random.default_rng(0)
     images = [(rng.random((520, 704, 1)) * 3000 + 500).astype(np.uint16) for _ in range(args.images)]
     models = build_ensemble(5, args.patch, args.base_filters, 4)
-    ensemble = Predictor(models, overlap=args.overlap, batch_size=args.batch_size)
-    singles = [Predictor([m], overlap=args.overlap, batch_size=args.batch_size) for m in models]
+    options = PredictOptions(overlap=args.overlap, batch_size=args.batch_size)
+    ensemble = Predictor(models, options)
+    singles = [Predictor([m], options) for m in models]
     for p in [ensemble] + singles:  # compile outside the timings
         p.predict_image(images[0])
 

@@ -26,11 +26,11 @@ import numpy as np  # noqa: E402
 def _compiled_model(config):
     import keras
 
-    from cellseg_tf.losses import get_loss
-    from cellseg_tf.metrics import default_metrics
+    from cellseg_tf.training.losses import get_loss
+    from cellseg_tf.training.metrics import default_metrics
     from cellseg_tf.models import build_model
-    from cellseg_tf.schedules import build_optimizer
-    from cellseg_tf.training import base_learning_rate
+    from cellseg_tf.training.schedules import build_optimizer
+    from cellseg_tf.training.engine import base_learning_rate
 
     keras.utils.set_random_seed(config.seed)
     model = build_model(config.model, input_shape=(config.patch_size, config.patch_size, config.channels),
@@ -57,10 +57,10 @@ def bench_model(config, steps: int, warmup: int) -> float:
 
 def bench_pipeline(config, steps: int, warmup: int) -> float:
     """Seconds per train step through fit() on the augmented patch stream of 8 synthetic 256×256 images."""
-    from cellseg_tf.dataset import load_pairs, train_dataset
-    from cellseg_tf.io import open_manifest
-    from cellseg_tf.manifest import select
-    from cellseg_tf.synthetic import make_dataset
+    from cellseg_tf.data.dataset import load_pairs, train_dataset
+    from cellseg_tf.data.io import open_manifest
+    from cellseg_tf.data.manifest import select
+    from cellseg_tf.data.synthetic import make_dataset
 
     with tempfile.TemporaryDirectory() as tmp:
         manifest = make_dataset(Path(tmp) / "data", n_images=8, shape=(256, 256), splits=(8, 0, 0), seed=0)
@@ -76,8 +76,8 @@ def bench_pipeline(config, steps: int, warmup: int) -> float:
 def main(argv=None) -> int:
     import tensorflow as tf
 
-    from cellseg_tf.config import TrainConfig
-    from cellseg_tf.training import precision_policy
+    from cellseg_tf.training.config import TrainConfig
+    from cellseg_tf.training.engine import precision_policy
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=10)

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from cellseg_tf.evaluation import METRIC_GROUPS, evaluate_folder, prediction_path, summarize
-from cellseg_tf.io import open_manifest, read_mask, write_png
-from cellseg_tf.manifest import select
+from cellseg_tf.analysis.evaluation import METRIC_GROUPS, evaluate_folder, prediction_path, summarize
+from cellseg_tf.data.io import open_manifest, read_mask, write_png
+from cellseg_tf.data.manifest import select
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

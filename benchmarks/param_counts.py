@@ -1,8 +1,9 @@
 """Print total / trainable / non-trainable parameter counts of every registered model at 256×256×3.
 
 Usage: python benchmarks/param_counts.py [--size 256] [--channels 3] [--markdown]
-Encoders are built with encoder_weights=None (counts do not depend on the weights). Seed 002 reports (millions,
-total/trainable): Model-1 22.7/15.7, Model-2 ~18.8/4.09, Model-3 ~28.85/~14.1; the delta columns compare to those.
+Encoders are built with encoder_weights=None (counts do not depend on the weights). Das et al. 2025 report (millions,
+total/trainable) 22.7/15.7 for densenet121_deconv_unet, ~18.8/4.09 for vgg16_attention_unet and ~28.85/~14.1 for
+vgg16_attention_ia_unet (their Model-1/2/3); the delta columns compare to those.
 """
 from __future__ import annotations
 
@@ -12,11 +13,11 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-SEED002 = {"model1_densenet": (22.7, 15.7), "model2_vgg_attention": (18.8, 4.09),
-           "model3_vgg_attention_ia": (28.85, 14.1),
-           # seed 002 Table 1 (§3.4.1), frozen-encoder U-Nets with the authors' own decoders
-           "densenet121_unet": (22.70, 15.65), "inceptionv3_unet": (41.66, 19.86), "vgg16_unet": (20.25, 5.53),
-           "mobilenetv2_unet": (3.65, 1.39), "resnet50_unet": (54.64, 31.05), "efficientnetb0_unet": (6.09, 2.04)}
+PUBLISHED = {"densenet121_deconv_unet": (22.7, 15.7), "vgg16_attention_unet": (18.8, 4.09),
+             "vgg16_attention_ia_unet": (28.85, 14.1),
+             # Das et al. 2025 Table 1 (§3.4.1), frozen-encoder U-Nets with the authors' own decoders
+             "densenet121_unet": (22.70, 15.65), "inceptionv3_unet": (41.66, 19.86), "vgg16_unet": (20.25, 5.53),
+             "mobilenetv2_unet": (3.65, 1.39), "resnet50_unet": (54.64, 31.05), "efficientnetb0_unet": (6.09, 2.04)}
 
 
 def count(model) -> tuple[int, int]:
@@ -41,15 +42,15 @@ def main() -> None:
         t0 = time.perf_counter()
         model = build_model(name, input_shape=(args.size, args.size, args.channels))
         total, trainable = count(model)
-        ref = SEED002.get(name)
+        ref = PUBLISHED.get(name)
         rows.append((name, total, trainable, total - trainable, ref, time.perf_counter() - t0))
         del model
     if args.markdown:
-        print("| model | total (M) | trainable (M) | frozen/non-trainable (M) | seed 002 total/trainable (M) "
+        print("| model | total (M) | trainable (M) | frozen/non-trainable (M) | Das et al. 2025 total/trainable (M) "
               "| Δ total | Δ trainable |")
         print("|---|---:|---:|---:|---|---:|---:|")
     else:
-        print(f"{'model':26s} {'total':>12s} {'trainable':>12s} {'non-train':>12s}  seed002 (M)   "
+        print(f"{'model':26s} {'total':>12s} {'trainable':>12s} {'non-train':>12s}  published (M) "
               f"dtotal  dtrain  build_s")
     for name, total, trainable, frozen, ref, secs in rows:
         if ref:

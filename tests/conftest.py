@@ -23,7 +23,7 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def tiny_manifest(tmp_path_factory) -> Path:
     """6 synthetic 64×64 nuclei images (4 train / 1 val / 1 test) with a manifest."""
-    from cellseg_tf.synthetic import make_dataset
+    from cellseg_tf.data.synthetic import make_dataset
 
     return make_dataset(tmp_path_factory.mktemp("tiny"), n_images=6, shape=(64, 64), splits=(4, 1, 1), seed=1)
 

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from cellseg_tf.augment import (CoarseElastic, apply_policy, available_policies, geometric_stage, get_policy,
+from cellseg_tf.data.augment import (CoarseElastic, apply_policy, available_policies, geometric_stage, get_policy,
                                 photometric_stage, register_policy)
 
 P = 48
@@ -24,7 +24,7 @@ def _iou(a, b):
     return (a & b).sum() / max((a | b).sum(), 1)
 
 
-def test_registry_has_issue_policies():
+def test_registry_has_the_documented_policies():
     assert {"none", "default", "unet_classic", "brightfield_2stage", "flips"} <= set(available_policies())
     with pytest.raises(KeyError, match="unknown augmentation policy 'bogus'.*default"):
         get_policy("bogus", P)

@@ -6,10 +6,14 @@ import os
 
 import numpy as np
 import pytest
+import yaml
 
-from cellseg_tf.batch_predict import (instances_from_mask, parse_shard, predict_batch, shard_inputs)
+import cellseg_tf
+
 from cellseg_tf.cli import main
-from cellseg_tf.io import read_image, read_raw, write_png, write_tiff
+from cellseg_tf.data.io import read_image, read_raw, resolve_inputs, write_png, write_tiff
+from cellseg_tf.predict.batch_predict import parse_shard, predict_batch, shard_inputs
+from cellseg_tf.predict.options import BatchOptions, output_paths
 
 
 @pytest.fixture(scope="module")
@@ -46,14 +50,17 @@ def test_outputs_resume_and_overwrite(model_files, images, tmp_path):
     folder, inputs = images
     before = {p: os.path.getmtime(p) for p in inputs}
     out = tmp_path / "out"
-    res = predict_batch(model_files, inputs, out, progress=False, save_prob="npy", instances=True)
+    options = BatchOptions(progress=False, save_prob="npy", instances=True, threshold=0.4)
+    res = predict_batch(inputs, model_files, out, options)
     assert res == {"done": 3, "failed": 0, "skipped": 0, "total": 3}
     for p, stem in zip(inputs, ("a", "b", "c")):
         mask = read_raw(out / f"{stem}.png")[..., 0]
         assert mask.shape == read_image(p).shape[:2] and mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 255}
         prob = np.load(out / f"{stem}_prob.npy")
         assert prob.shape == mask.shape and prob.dtype == np.float32
-        np.testing.assert_array_equal(prob > 0.5, mask == 255)
+        np.testing.assert_array_equal(prob > 0.4, mask == 255)
+        assert set(output_paths(out, p, "npy", True).values()) == \
+            {out / f"{stem}.png", out / f"{stem}_prob.npy", out / f"{stem}_instances.tif"}
         labels = read_raw(out / f"{stem}_instances.tif")[..., 0]
         assert labels.dtype == np.uint16 and labels.shape == mask.shape
     t = rows(out / "timings.csv")
@@ -61,14 +68,19 @@ def test_outputs_resume_and_overwrite(model_files, images, tmp_path):
     assert rows(out / "failures.csv") == []
     assert {p: os.path.getmtime(p) for p in inputs} == before  # inputs untouched
     assert not [f for f in os.listdir(out) if f.startswith(".")]  # no temp files left
+    config = yaml.safe_load((out / "predict_config.yaml").read_text())  # the folder says how it was made
+    assert config["models"] == model_files and config["cellseg_tf_version"] == cellseg_tf.__version__
+    assert config["options"]["threshold"] == 0.4 and config["options"]["save_prob"] == "npy"
+    assert config["options"]["patch_size"] == 32 and config["options"]["norm_low"] == 2.0
+    assert config["model_vote_weights"] == [0.5, 0.5] and "shard" not in config["options"]
 
     stamp = os.path.getmtime(out / "a.png")
     os.remove(out / "b_prob.npy")  # an incomplete image is redone, complete ones are skipped
-    res = predict_batch(model_files, inputs, out, progress=False, save_prob="npy", instances=True)
+    res = predict_batch(inputs, model_files, out, options)
     assert res == {"done": 1, "failed": 0, "skipped": 2, "total": 3}
     assert os.path.getmtime(out / "a.png") == stamp and (out / "b_prob.npy").is_file()
     assert sorted(r["image"] for r in rows(out / "timings.csv")) == sorted(inputs)  # old rows kept
-    res = predict_batch(model_files, inputs, out, progress=False, overwrite=True)
+    res = predict_batch(inputs, model_files, out, BatchOptions(progress=False, overwrite=True))
     assert res["done"] == 3 and res["skipped"] == 0
 
 
@@ -77,8 +89,8 @@ def test_corrupt_and_colliding_inputs_are_logged(model_files, images, tmp_path):
     (folder / "bad.png").write_bytes(b"not a png at all")
     write_png(folder / "other" / "a.png", np.zeros((40, 40), np.uint8))  # same stem as in/a.png
     out = tmp_path / "out"
-    res = predict_batch(model_files, inputs + [str(folder / "bad.png"), str(folder / "other" / "a.png")], out,
-                        progress=False)
+    res = predict_batch(inputs + [str(folder / "bad.png"), str(folder / "other" / "a.png")], model_files, out,
+                        BatchOptions(progress=False))
     assert res["done"] == 3 and res["failed"] == 2
     fails = {r["file"]: r["reason"] for r in rows(out / "failures.csv")}
     assert "cannot decode" in fails[str(folder / "bad.png")]
@@ -88,10 +100,11 @@ def test_corrupt_and_colliding_inputs_are_logged(model_files, images, tmp_path):
 
 def test_injected_failure_leaves_no_partial_output(model_files, images, tmp_path, monkeypatch):
     """A crash mid-stream (after some rows were written) or during the final rename leaves no output file."""
-    import cellseg_tf.inference as inference
+    import cellseg_tf.predict.inference as inference
 
     _, inputs = images
     out = tmp_path / "out"
+    options = BatchOptions(progress=False, save_prob="tiff", instances=True)
     real_stream = inference.Predictor.stream
 
     def failing_stream(self, read_rows, h, w, emit):
@@ -101,27 +114,25 @@ def test_injected_failure_leaves_no_partial_output(model_files, images, tmp_path
         return real_stream(self, read_rows, h, w, emit)
 
     monkeypatch.setattr(inference.Predictor, "stream", failing_stream)
-    res = predict_batch(model_files, inputs, out, progress=False, save_prob="tiff", instances=True)
+    res = predict_batch(inputs, model_files, out, options)
     assert res["done"] == 2 and res["failed"] == 1
     assert "injected failure" in rows(out / "failures.csv")[0]["reason"]
     assert not any(f.startswith("b") for f in os.listdir(out)) and not [f for f in os.listdir(out) if f[0] == "."]
     monkeypatch.setattr(inference.Predictor, "stream", real_stream)
 
-    import cellseg_tf.io as io  # noqa: F401  (io.os is the os module: patched for the duration of one run)
-
-    real_replace = os.replace
+    real_replace = os.replace  # common.files.atomic_path renames every output into place with os.replace
 
     def replace(src, dst):  # the disk fills up exactly when the mask PNG (the last output) is renamed into place
         if str(dst).endswith(".png"):
             raise OSError("disk full")
         return real_replace(src, dst)
 
-    monkeypatch.setattr(io.os, "replace", replace)
-    res = predict_batch(model_files, inputs, out, progress=False, save_prob="tiff", instances=True)
-    monkeypatch.setattr(io.os, "replace", real_replace)
+    monkeypatch.setattr(os, "replace", replace)
+    res = predict_batch(inputs, model_files, out, options)
+    monkeypatch.setattr(os, "replace", real_replace)
     assert res == {"done": 0, "failed": 1, "skipped": 2, "total": 3}
     assert not any(f.startswith("b") for f in os.listdir(out)) and not [f for f in os.listdir(out) if f[0] == "."]
-    res = predict_batch(model_files, inputs, out, progress=False, save_prob="tiff", instances=True)
+    res = predict_batch(inputs, model_files, out, options)
     assert res["done"] == 1 and (out / "b.png").is_file() and (out / "b_prob.tif").is_file()
 
 
@@ -143,7 +154,13 @@ def test_shards_partition_inputs():
             parse_shard(bad)
 
 
-def test_instances_fill_holes_and_drop_small_objects():
+def test_instances_of_a_binary_mask_fill_holes_and_drop_small_objects():
+    from cellseg_tf.predict.instances import InstanceParams, as_label_image, labels_from_maps
+
+    def instances_from_mask(mask, min_size, connectivity=2):
+        params = InstanceParams(min_size=min_size, connectivity=connectivity)
+        return as_label_image(labels_from_maps(mask, "binary", params))
+
     mask = np.zeros((30, 30), bool)
     mask[2:12, 2:12] = True
     mask[5:8, 5:8] = False          # a hole: filled
@@ -184,23 +201,21 @@ def test_cli_predict_options(model_files, images, tmp_path, capsys):
 
 
 def test_output_folder_never_overwrites_or_feeds_back_inputs(model_files, images, tmp_path):
-    from cellseg_tf.inference import resolve_inputs
-
     folder, inputs = images
     png = folder / "a.png"
     before = png.read_bytes()
-    res = predict_batch(model_files, [str(png)], folder, progress=False, overwrite=True)  # OUT = the input folder
+    res = predict_batch([str(png)], model_files, folder, BatchOptions(progress=False, overwrite=True))  # OUT = input
     assert res["failed"] == 1 and res["done"] == 0 and png.read_bytes() == before
     assert "would overwrite the input itself" in rows(folder / "failures.csv")[0]["reason"]
     # OUT inside the input folder: yesterday's masks are not inputs of today's run
-    predict_batch(model_files, inputs, folder / "pred", progress=False)
+    predict_batch(inputs, model_files, folder / "pred", BatchOptions(progress=False))
     assert sorted(resolve_inputs(folder, exclude=folder / "pred")) == sorted(inputs)
     assert len(resolve_inputs(folder)) == 2 * len(inputs)
     assert sorted(resolve_inputs(folder, exclude=folder)) == sorted(resolve_inputs(folder))  # OUT == input folder
 
 
 def test_model_list_files_and_option_checks(model_files, tmp_path):
-    from cellseg_tf.batch_predict import BatchOptions, expand_model_list
+    from cellseg_tf.data.io import expand_model_list
 
     listing = tmp_path / "models.txt"
     listing.write_text(f"# fold models\n{model_files[0]}\n\n{os.path.relpath(model_files[1], tmp_path)}\n")
@@ -215,3 +230,19 @@ def test_model_list_files_and_option_checks(model_files, tmp_path):
     with pytest.raises(ValueError, match="hard vote only"):
         BatchOptions(model_thresholds=[0.5, 0.6]).validate()
     BatchOptions(model_thresholds=[0.5, 0.6], vote="hard").validate()
+
+
+def test_output_paths_is_the_one_place_that_names_outputs():
+    from pathlib import Path
+
+    from cellseg_tf.data.manifest import Sample, output_stem
+
+    assert output_stem("x/stack.tif#3") == "stack_f3" and output_stem("x/img.v2.png") == "img.v2"
+    assert Sample("x/stack.tif#3", None, "test", 0).stem == output_stem("x/stack.tif#3")
+    assert output_paths("o", "x/stack.tif#3", "tiff", True) == {
+        "mask": Path("o/stack_f3.png"), "prob": Path("o/stack_f3_prob.tif"), "instances": Path("o/stack_f3_instances.tif")}
+    assert output_paths("o", "a/b.png") == {"mask": Path("o/b.png")}
+    from cellseg_tf.predict.batch_predict import PROB_WRITERS
+    from cellseg_tf.predict.options import PROB_FORMATS
+
+    assert set(PROB_WRITERS) == set(PROB_FORMATS)  # every probability format the options accept has a writer

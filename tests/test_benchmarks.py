@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 def _load(name: str):
     spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCHMARKS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -26,3 +28,100 @@ def test_bench_train_runs_the_default_config_with_its_model_dependent_learning_r
 def test_bench_data_prints_its_ratio(capsys):
     _load("bench_data").main(["--patch-size", "32", "--batch-size", "2", "--seconds", "0.5"])
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith("data_to_train_ratio=")
+
+
+# ---------------------------------------------------------------------------------------- bench_instances
+def _instance_set(root: Path, splits: tuple[str, ...], shape=(64, 64)) -> Path:
+    """A data-set folder of synthetic nuclei with uint16 instance-label masks and a manifest (one row per split)."""
+    import numpy as np
+
+    from cellseg_tf.data.io import write_png, write_tiff
+    from cellseg_tf.data.manifest import write_manifest
+    from cellseg_tf.data.synthetic import nuclei_image
+
+    rng = np.random.default_rng(3)
+    rows = []
+    for i, split in enumerate(splits):
+        image, labels = nuclei_image(shape, n_nuclei=8, rng=rng)
+        rows.append({"image": str(write_tiff(root / "images" / f"n{i}.tif", image)),
+                     "mask": str(write_png(root / "masks" / f"n{i}.png", labels.astype(np.uint16))),
+                     "split": split})
+    return write_manifest(root / "manifest.csv", rows)
+
+
+def test_bench_instances_scores_label_files_with_the_package_evaluation(tmp_path):
+    import numpy as np
+
+    from cellseg_tf.data.io import open_manifest, read_mask, write_tiff
+
+    bench = _load("bench_instances")
+    test = open_manifest(_instance_set(tmp_path / "set", ("test", "test")))
+    truths = [read_mask(s.mask, instances=True) for s in test]
+    exact = {s.image: write_tiff(tmp_path / "exact" / f"{s.stem}.tif", t.astype(np.uint16))
+             for s, t in zip(test, truths)}
+    scores = bench.score_labels(test, exact)
+    assert scores["f1"] == scores["f1_pooled"] == scores["map"] == scores["dice"] == 1.0
+    # every odd-numbered cell missed: precision stays 1, recall is the share of cells kept, per image
+    halved = {s.image: write_tiff(tmp_path / "half" / f"{s.stem}.tif", np.where(t % 2 == 0, t, 0).astype(np.uint16))
+              for s, t in zip(test, truths)}
+    kept = [np.mean(np.unique(t[t > 0]) % 2 == 0) for t in truths]
+    half = bench.score_labels(test, halved)
+    assert half["precision"] == 1.0 and half["recall"] == pytest.approx(np.mean(kept))
+    assert half["f1"] == pytest.approx(np.mean([2 * k / (1 + k) for k in kept])) and half["dice"] < 1.0
+    with pytest.raises(FileNotFoundError, match="no prediction"):
+        bench.score_labels(test, {})
+
+
+def test_bench_instances_splits_share_val_rows_and_flag_a_single_image_as_sanity_check(tmp_path):
+    bench = _load("bench_instances")
+    splits = bench.prepare_splits("s", _instance_set(tmp_path / "s", ("train",) * 5 + ("test",)), tmp_path / "out")
+    assert len(splits.train) == 4 and len(splits.val) == 1 and len(splits.test) == 1 and not splits.sanity
+    written = splits.train_csv.read_text().splitlines()
+    assert sum(line.endswith(",val") for line in written) == 1       # StarDist validates on the same held-out row
+    assert splits.val[0].image not in {s.image for s in splits.train}
+    one = bench.prepare_splits("one", _instance_set(tmp_path / "one", ("train",)), tmp_path / "out1")
+    assert one.sanity and [s.image for s in one.test] == [s.image for s in one.train] == [one.val[0].image]
+
+
+def test_bench_instances_reports_a_missing_stardist_venv_instead_of_crashing(tmp_path):
+    ok, why = _load("bench_instances").stardist_status(tmp_path / "no-venv")
+    assert not ok and "bench-instances-deps" in why
+
+
+@pytest.mark.slow
+def test_bench_instances_runs_package_arms_end_to_end(tmp_path, capsys):
+    import json
+
+    bench = _load("bench_instances")
+    _instance_set(tmp_path / "data" / "tiny", ("train",) * 3 + ("test",))
+    tiny = ["--set", "patch_size=32", "--set", "batch_size=2", "--set", "steps_per_epoch=2", "--set", "epochs=2",
+            "--set", "model_options={base_filters: 4, depth: 2}"]
+    assert bench.main(["--minutes", "0.05", "--sets", "tiny", "--arms", "binary,distance", "--data",
+                       str(tmp_path / "data"), "--out", str(tmp_path / "out")] + tiny) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    rows = [dict(kv.split("=", 1) for kv in line.split()) for line in lines[-2:]]
+    assert [(r["set"], r["arm"]) for r in rows] == [("tiny", "binary"), ("tiny", "distance")]
+    for r in rows:
+        assert 0.0 <= float(r["f1"]) <= 1.0 and 0.0 <= float(r["dice"]) <= 1.0 and int(r["patches"]) >= 2
+    assert (tmp_path / "out" / "tiny" / "distance" / "run" / "instances.yaml").is_file()   # tuned on val
+    assert (tmp_path / "out" / "tiny" / "binary" / "labels" / "n3.tif").is_file()
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert [r["arm"] for r in saved["results"]] == ["binary", "distance"]
+
+
+@pytest.mark.slow
+def test_bench_fewshot_leaves_one_dataset_out_and_prints_the_goals(tmp_path, capsys):
+    from cellseg_tf.data.synthetic import make_dataset
+
+    for i, name in enumerate(("set_a", "set_b")):
+        make_dataset(tmp_path / "data" / name, n_images=5, shape=(96, 96), splits=(3, 0, 2), seed=10 + i)
+    assert _load("bench_fewshot").main(["--data", str(tmp_path / "data"), "--out", str(tmp_path / "out"), "--quick",
+                                        "--minutes", "0.02", "--shots", "1", "--draws", "1",
+                                        "--extractor-depth", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "goal BFGS >= logistic" in out and "goal bfgs > scratch U-Net" in out
+    import pandas as pd
+
+    results = pd.read_csv(tmp_path / "out" / "results.csv")
+    assert set(results.target) == {"set_a", "set_b"}
+    assert set(results.method) == {"full", "logistic", "bfgs", "scratch"} and results.dice.between(0, 1).all()

@@ -7,9 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cellseg_tf.callbacks import (BestCheckpoint, EpochCheckpoint, ResumableEarlyStopping,
+from cellseg_tf.training.callbacks import (BestCheckpoint, EpochCheckpoint, ResumableEarlyStopping,
                                   ResumableReduceLROnPlateau, TimeBudget)
-from cellseg_tf.training import _truncate_history
+from cellseg_tf.training.engine import _truncate_history
 
 
 def tiny_model(lr: float = 1e-3) -> keras.Model:

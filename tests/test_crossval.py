@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 from cellseg_tf.cli import main
-from cellseg_tf.crossval import make_folds, summarize_folds
-from cellseg_tf.manifest import Sample
+from cellseg_tf.training.crossval import make_folds, summarize_folds
+from cellseg_tf.data.manifest import Sample
 
 
 def rows(n: int, fold=None) -> list[Sample]:
@@ -59,7 +59,9 @@ def test_cli_cv_writes_fold_runs_summary_and_models(tiny_manifest, tmp_path, cap
             "--patch-size", "32", "--batch-size", "2", "--steps-per-epoch", "1", "--augmentation", "none",
             "--time-budget", "0.001", "--set", "model_options={base_filters: 4, depth: 2}", "--verbose", "0"]
     assert main(args) == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
+    assert "cv" in captured.err and "2/2" in captured.err          # the progress bar over folds
     assert "val_dice = " in printed and "±" in printed and "--model" in printed
     summary = pd.read_csv(out / "summary.csv")
     assert summary["fold"].tolist() == ["fold_0", "fold_1", "mean", "std"]
@@ -74,5 +76,6 @@ def test_cli_cv_writes_fold_runs_summary_and_models(tiny_manifest, tmp_path, cap
     assert len(folds) == 5 and folds["image"].is_unique
     # --resume: finished folds are not retrained
     stamp = (out / "fold_0" / "last.keras").stat().st_mtime_ns
-    assert main(args + ["--resume"]) == 0
+    assert main(args + ["--resume", "--quiet"]) == 0
+    assert capsys.readouterr().err == ""
     assert (out / "fold_0" / "last.keras").stat().st_mtime_ns == stamp

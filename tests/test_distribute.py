@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from cellseg_tf import distribute
-from cellseg_tf.distribute import TPU_ENV_VARS, select_strategy, strategy_name, tpu_available
+from cellseg_tf.training.distribute import TPU_ENV_VARS, select_strategy, strategy_name, tpu_available
 
 
 def test_auto_and_default_on_a_cpu_machine(monkeypatch):

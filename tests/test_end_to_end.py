@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 
 from cellseg_tf.cli import main
-from cellseg_tf.io import open_manifest, read_image, read_mask
-from cellseg_tf.manifest import select
+from cellseg_tf.data.io import open_manifest, read_image, read_mask
+from cellseg_tf.data.manifest import select
 
 
 def test_cli_train_predict_evaluate(tiny_manifest, tmp_path, capsys):
@@ -43,7 +43,8 @@ def test_cli_train_predict_evaluate(tiny_manifest, tmp_path, capsys):
     assert last.startswith("mean_dice=")
     df = pd.read_csv(report)
     assert len(df) == len(test) and {"dice", "iou", "precision", "recall"} <= set(df.columns)
-    assert abs(float(last.split("=")[1]) - df["dice"].mean()) < 1e-3
+    assert abs(float(last.split()[0].split("=")[1]) - df["dice"].mean()) < 1e-3
+    assert last.split()[1].startswith("instance_f1=")
     truth = read_mask(test[0].mask)
     assert truth.shape == read_mask(pred / f"{test[0].stem}.png").shape
 

@@ -6,8 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from cellseg_tf.ensemble import (TTA_MODES, binarize, member_weights, model_group, tta_forward, tta_inverse,
-                                 vote)
+from cellseg_tf.predict.ensemble import binarize, member_weights, model_group, tta_forward, tta_inverse, vote
+from cellseg_tf.predict.options import TTA_MODES, PredictOptions
 
 P = 32
 
@@ -50,7 +50,7 @@ def test_vote_arithmetic_numpy():
 
 def test_tile_fn_matches_reference_vote(tmp_path):
     """The compiled ensemble, loaded from files with z_ groups, votes exactly like the numpy reference."""
-    from cellseg_tf.inference import Predictor
+    from cellseg_tf.predict.inference import Predictor
 
     ps = [0.9, 0.3, 0.6, 0.2]
     names = ["z_a.keras", "z_b.keras", "c.keras", "d.keras"]
@@ -59,13 +59,16 @@ def test_tile_fn_matches_reference_vote(tmp_path):
     paths = [tmp_path / n for n in names]
     image = np.random.default_rng(0).random((40, 50, 1)).astype(np.float32)
     probs = np.array(ps, np.float32)[:, None]
-    soft = Predictor.from_files(paths, group_weights={"z": 3.0})
+    soft = Predictor.from_files(paths, PredictOptions(group_weights={"z": 3.0}))
     expect = vote(probs, member_weights(paths, {"z": 3.0}))[0]
     np.testing.assert_allclose(soft.predict_normalized(image), expect, atol=1e-5)
-    hard = Predictor.from_files(paths, vote="hard", model_thresholds=[0.5, 0.5, 0.65, 0.1])
+    hard = Predictor.from_files(paths, PredictOptions(vote="hard", model_thresholds=[0.5, 0.5, 0.65, 0.1]))
     expect_hard = vote(probs, None, "hard", thresholds=[0.5, 0.5, 0.65, 0.1])[0]  # 0.9>0.5, 0.2>0.1 -> 0.5
     np.testing.assert_allclose(hard.predict_normalized(image), expect_hard, atol=1e-6)
     assert expect_hard == pytest.approx(0.5) and not hard.binarize(hard.predict_normalized(image)).any()
+    again = Predictor(hard.models, hard.options, weights=hard.weights)  # resolved options rebuild the same predictor
+    assert again.options == hard.options and again.options.patch_size == P
+    np.testing.assert_array_equal(again.predict_normalized(image), hard.predict_normalized(image))
 
 
 @pytest.mark.parametrize("mode", list(TTA_MODES))
@@ -84,7 +87,7 @@ def test_tta_prediction_is_mean_of_inverted_predictions():
     """TTA output == mean over transforms of inverse(model(transform(tile))), for a non-symmetric model."""
     import keras
 
-    from cellseg_tf.inference import Predictor
+    from cellseg_tf.predict.inference import Predictor
 
     keras.utils.set_random_seed(3)
     inp = keras.Input((P, P, 1))
@@ -97,25 +100,30 @@ def test_tta_prediction_is_mean_of_inverted_predictions():
         y = np.asarray(model(t[None]))[0, ..., 0]
         y = np.rot90(y, -k)
         manual.append(y[:, ::-1] if flip else y)
-    with_tta = Predictor([model], tiling="grid", tta="d4").predict_normalized(image)
-    without = Predictor([model], tiling="grid").predict_normalized(image)
+    with_tta = Predictor([model], PredictOptions(tiling="grid", tta="d4")).predict_normalized(image)
+    without = Predictor([model], PredictOptions(tiling="grid")).predict_normalized(image)
     np.testing.assert_allclose(with_tta, np.mean(manual, axis=0), atol=1e-5)
     assert np.abs(with_tta - without).max() > 1e-3  # the model is not symmetric, so TTA did change something
 
 
 def test_rejects_incompatible_members():
-    from cellseg_tf.inference import Predictor
+    from cellseg_tf.predict.inference import Predictor
 
     with pytest.raises(ValueError, match=r"different tile sizes.*32 px.*64 px"):
         Predictor([constant_model(0.5, 32, "a"), constant_model(0.5, 64, "b")])
     with pytest.raises(ValueError, match="patch_size=64"):
-        Predictor([constant_model(0.5, 32)], patch_size=64)
+        Predictor([constant_model(0.5, 32)], PredictOptions(patch_size=64))
     with pytest.raises(ValueError, match="same number of channels, got grey: 1; rgb: 3"):
         Predictor([constant_model(0.5, 32, "grey"), constant_model(0.5, 32, "rgb", channels=3)])
     rgb = Predictor([constant_model(0.5, 32, "rgb", channels=3)])
     with pytest.raises(ValueError, match=r"models expect \(H, W, 3\)"):
         rgb.predict_normalized(np.zeros((40, 40, 1), np.float32))
     with pytest.raises(ValueError, match="vote must be"):
-        Predictor([constant_model(0.5)], vote="median")
-    with pytest.raises(ValueError, match="per-model thresholds"):
-        Predictor([constant_model(0.5)], model_thresholds=[0.5, 0.5])
+        Predictor([constant_model(0.5)], PredictOptions(vote="median"))
+    with pytest.raises(ValueError, match="got 2 per-model thresholds for 1 models"):
+        Predictor([constant_model(0.5)], PredictOptions(vote="hard", model_thresholds=[0.5, 0.5]))
+    with pytest.raises(ValueError, match="hard vote only"):
+        Predictor([constant_model(0.5)], PredictOptions(model_thresholds=[0.5]))
+    for field, value in (("tiling", "hex"), ("tta", "d8"), ("precision", "half")):
+        with pytest.raises(ValueError, match=f"{field} must be one of"):
+            PredictOptions(**{field: value}).validate()

@@ -7,11 +7,11 @@ import pandas as pd
 import pytest
 from scipy.spatial.distance import cdist, directed_hausdorff
 
-from cellseg_tf.evaluation import (METRIC_GROUPS, SCORE_COLUMNS, binary_scores, boundary_dice, evaluate_folder,
+from cellseg_tf.analysis.evaluation import (METRIC_GROUPS, SCORE_COLUMNS, binary_scores, boundary_dice, evaluate_folder,
                                    hausdorff_distances, image_scores, mask_boundary, mask_ssim, prediction_path,
                                    summarize)
-from cellseg_tf.io import ImageReadError, write_png
-from cellseg_tf.manifest import Sample
+from cellseg_tf.data.io import ImageReadError, write_png
+from cellseg_tf.data.manifest import Sample
 
 
 def _square(shape=(32, 32), r0=8, c0=8, size=10):
@@ -115,7 +115,7 @@ def test_hausdorff_is_fast_on_a_large_mask():
     assert time.perf_counter() - start < 5.0       # distance transforms, not a 3200×3200 pair matrix per call
 
 
-# ------------------------------------------------------------------ boundary Dice (seed 004)
+# ------------------------------------------------------------------ boundary Dice (Beker et al.)
 
 def test_boundary_dice_behaviour():
     a = _square((48, 48), 10, 10, 20)
@@ -193,7 +193,7 @@ def test_summarize_skips_undefined_values():
     assert s == {"n": 3, "mean_dice": 0.5, "mean_hausdorff": 3.0}
 
 
-def test_cli_evaluate_prints_mean_dice_last(tmp_path, capsys):
+def test_cli_evaluate_prints_mean_dice_and_instance_f1_last(tmp_path, capsys):
     from cellseg_tf.cli import main
 
     samples, pred_dir = _write_case(tmp_path)
@@ -201,17 +201,22 @@ def test_cli_evaluate_prints_mean_dice_last(tmp_path, capsys):
     (tmp_path / "manifest.csv").write_text(f"image,mask,split\n{rows}\n")
     out = tmp_path / "report.csv"
     assert main(["evaluate", "--pred", str(pred_dir), "--manifest", str(tmp_path / "manifest.csv"),
-                 "--out", str(out)]) == 0
+                 "--out", str(out), "--quiet"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[-1].startswith("mean_dice=")
-    assert float(lines[-1].split("=")[1]) == pytest.approx(pd.read_csv(out)["dice"].mean(), abs=1e-4)
+    last = dict(item.split("=") for item in lines[-1].split())
+    assert list(last) == ["mean_dice", "instance_f1"]
+    report = pd.read_csv(out)
+    assert float(last["mean_dice"]) == pytest.approx(report["dice"].mean(), abs=1e-4)
+    tp, n_true, n_pred = (report[c].sum() for c in ("instance_tp", "n_true_instances", "n_pred_instances"))
+    assert float(last["instance_f1"]) == pytest.approx(2 * tp / (n_true + n_pred), abs=1e-4)
     assert any(line.startswith("mean_map_50_95=") for line in lines)
+    assert any(line.startswith("instance_map_50_95=") for line in lines)
 
 
 def test_real_instance_masks(shared_data):
     """Usiigaci: labels score perfectly against themselves; their binarised mask (touching cells merged, stray
     annotation pixels split off as specks) does not, though its pixels are identical."""
-    from cellseg_tf.io import read_mask
+    from cellseg_tf.data.io import read_mask
 
     truth = read_mask(shared_data / "usiigaci_phase" / "masks" / "set17.png", instances=True)
     perfect = image_scores(truth, truth, groups=("instance",))
@@ -222,9 +227,9 @@ def test_real_instance_masks(shared_data):
 
 
 def test_evaluate_folder_binarises_anti_aliased_truth_at_mask_threshold(tmp_path):
-    from cellseg_tf.evaluation import evaluate_folder
-    from cellseg_tf.io import write_png
-    from cellseg_tf.manifest import Sample
+    from cellseg_tf.analysis.evaluation import evaluate_folder
+    from cellseg_tf.data.io import write_png
+    from cellseg_tf.data.manifest import Sample
 
     truth = np.zeros((20, 20), np.uint8)
     truth[5:15, 5:15] = 255
@@ -240,7 +245,7 @@ def test_evaluate_folder_binarises_anti_aliased_truth_at_mask_threshold(tmp_path
     assert loose["dice"][0] == pytest.approx(2 * 100 / (110 + 100))
 
 
-def test_boundary_dice_equals_the_seed_004_recipe_step_by_step():
+def test_boundary_dice_equals_the_published_recipe_step_by_step():
     """Canny edges (OpenCV 100/200 on 0/255) -> 7×7 dilation (scipy here) -> Dice (by hand) of the two bands."""
     import cv2
     from scipy import ndimage
@@ -254,3 +259,63 @@ def test_boundary_dice_equals_the_seed_004_recipe_step_by_step():
     assert 0.3 < expected < 0.95
     assert boundary_dice(pred, truth) == pytest.approx(expected, rel=1e-9)
     assert boundary_dice(pred, truth, kernel=3) < boundary_dice(pred, truth)  # a wider band forgives more
+
+
+def test_evaluate_folder_progress_bar_follows_verbose(tmp_path, capsys):
+    from cellseg_tf.cli import main
+
+    samples, pred_dir = _write_case(tmp_path)
+    evaluate_folder(pred_dir, samples, groups=("pixel",), verbose=0)
+    assert capsys.readouterr().err == ""
+    evaluate_folder(pred_dir, samples, groups=("pixel",), verbose=1)
+    err = capsys.readouterr().err
+    assert "evaluate" in err and f"{len(samples)}/{len(samples)}" in err
+    rows = "\n".join(f"{s.image},{s.mask},test" for s in samples)
+    (tmp_path / "manifest.csv").write_text(f"image,mask,split\n{rows}\n")
+    assert main(["evaluate", "--pred", str(pred_dir), "--manifest", str(tmp_path / "manifest.csv"),
+                 "--out", str(tmp_path / "report.csv"), "--quiet"]) == 0
+    assert capsys.readouterr().err == ""
+
+
+# ------------------------------------------------------------------ saved instance labels, dataset-level scores
+
+def test_saved_instance_labels_are_scored_when_present(tmp_path):
+    from cellseg_tf.analysis.evaluation import instances_path
+    from cellseg_tf.data.io import write_tiff
+
+    samples, pred_dir = _write_case(tmp_path)
+    before = evaluate_folder(pred_dir, samples, verbose=0)
+    assert (before["pred_instances"] == "components").all() and (before["n_pred_instances"] == 1).all()
+    t = np.zeros((32, 32), np.uint16)
+    t[4:20, 4:14], t[4:20, 14:20] = 7, 9                       # the two touching cells, split (ids need not be 1, 2)
+    write_tiff(instances_path(pred_dir, samples[0]), t)
+    after = evaluate_folder(pred_dir, samples, verbose=0)
+    assert after["pred_instances"].tolist() == ["saved", "components", "components"]
+    assert after["instance_f1"][0] == 1.0 and after["n_pred_instances"][0] == 2
+    assert after["dice"].tolist() == before["dice"].tolist()   # pixel scores still come from the mask PNG
+    write_tiff(instances_path(pred_dir, samples[1]), t[:16])
+    with pytest.raises(ImageReadError, match=r"img1_instances.tif.*16×32"):
+        evaluate_folder(pred_dir, samples, verbose=0)
+
+
+def test_summarize_sums_instance_counts_over_images():
+    from cellseg_tf.predict.instances import MAP_THRESHOLDS, tp_column
+
+    t = np.zeros((20, 20), np.int32)
+    t[0:10, 0:10], t[12:17, 12:17] = 1, 2
+    p = np.zeros_like(t)
+    p[0:10, 0:8] = 1                                           # IoU 0.8
+    p[18:20, 0:2] = 2                                          # a false positive
+    rows = [image_scores(p, t, groups=("instance",)),          # TP 1, FP 1, FN 1
+            image_scores(t, t, groups=("instance",))]          # TP 2, FP 0, FN 0
+    for _ in range(3):                                         # three empty images: F1 = 1 each
+        rows.append(image_scores(np.zeros_like(t), np.zeros_like(t), groups=("instance",)))
+    s = summarize(pd.DataFrame(rows))
+    assert (s["instance_tp"], s["instance_fp"], s["instance_fn"]) == (3, 1, 1)
+    assert s["instance_f1"] == pytest.approx(6 / 8) and s["instance_precision"] == pytest.approx(3 / 4)
+    assert s["mean_instance_f1"] == pytest.approx((0.5 + 1 + 3) / 5)   # per-image mean weighs empty images fully
+    assert s["instance_ap50"] == pytest.approx(3 / 5)
+    # above IoU 0.8 only the perfect image's two cells match: TP 2, FP 2, FN 2
+    expected = [3 / 5 if thr <= 0.8 + 1e-9 else 2 / 6 for thr in MAP_THRESHOLDS]
+    assert s["instance_map_50_95"] == pytest.approx(np.mean(expected))
+    assert rows[0][tp_column(0.85)] == 0 and rows[1][tp_column(0.95)] == 2

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from cellseg_tf.dataset import load_pairs
-from cellseg_tf.expand import expand_dataset
-from cellseg_tf.io import open_manifest, read_image, read_mask, write_png
-from cellseg_tf.manifest import write_manifest
+from cellseg_tf.data.dataset import load_pairs
+from cellseg_tf.data.expand import expand_dataset
+from cellseg_tf.data.io import open_manifest, read_image, read_mask, write_png
+from cellseg_tf.data.manifest import write_manifest
 
 
 def _manifest(tmp_path, n=2, broken=False):
@@ -62,3 +62,16 @@ def test_cli_expand(tmp_path, capsys):
     assert main(["expand", "--manifest", str(src), "--out", str(tmp_path / "e"), "--variants", "2"]) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith("manifest=")
     assert len(open_manifest(tmp_path / "e" / "manifest.csv")) == 3
+
+
+def test_progress_bar_follows_verbose(tmp_path, capsys):
+    src = _manifest(tmp_path, n=2)
+    expand_dataset(src, tmp_path / "quiet", variants=1, verbose=0)
+    assert capsys.readouterr().err == ""
+    expand_dataset(src, tmp_path / "loud", variants=1, verbose=1)
+    err = capsys.readouterr().err
+    assert "expand" in err and "2/2" in err
+    from cellseg_tf.cli import main
+
+    assert main(["expand", "--manifest", str(src), "--out", str(tmp_path / "cli"), "--variants", "1", "--quiet"]) == 0
+    assert capsys.readouterr().err == ""

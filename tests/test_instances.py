@@ -4,8 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cellseg_tf.instances import (MAP_THRESHOLDS, instance_metrics, instance_scores, iou_matrix, is_label_image,
-                                  label_components, match_ious, mean_average_precision)
+from cellseg_tf.predict.instances import (MAP_THRESHOLDS, InstanceParams, as_label_image, instance_metrics,
+                                          instance_scores, iou_matrix, is_label_image, label_components,
+                                          label_image_dtype, labels_from_maps, load_instance_params, match_ious,
+                                          mean_average_precision, run_instance_params, save_instance_params)
 
 
 def test_components_connectivity():
@@ -110,3 +112,261 @@ def test_empty_conventions():
     assert (spurious.precision, spurious.recall, spurious.f1) == (0.0, 1.0, 0.0)
     assert mean_average_precision(empty, empty)[0] == 1.0
     assert np.isnan(instance_metrics(one, empty)["matched_iou"])
+
+
+# ------------------------------------------------------------------------------------------- maps -> labels
+def _touching_discs(size=(64, 96), radius=15):
+    """Two discs touching along a vertical chord: truth labels and their binary, contour and distance maps."""
+    from scipy import ndimage
+    from skimage.segmentation import find_boundaries
+
+    yy, xx = np.mgrid[:size[0], :size[1]]
+    t = np.zeros(size, np.int32)
+    t[(yy - 32) ** 2 + (xx - 30) ** 2 < radius ** 2] = 1
+    t[((yy - 32) ** 2 + (xx - 56) ** 2 < radius ** 2) & (t == 0)] = 2
+    fg = (t > 0).astype(np.float32)
+    dist = np.zeros_like(fg)
+    for i in (1, 2):
+        d = ndimage.distance_transform_edt(t == i)
+        dist += (d / d.max()).astype(np.float32)
+    boundary = find_boundaries(t, mode="inner").astype(np.float32)
+    return t, fg, np.stack([fg, boundary], -1), np.stack([fg, dist], -1)
+
+
+def test_touching_discs_binary_merges_contour_and_distance_split():
+    t, fg, contour, distance = _touching_discs()
+    assert label_components(t > 0).max() == 1                # the discs really touch
+    assert labels_from_maps(fg, "binary").max() == 1
+    for kind, maps in (("contour", contour), ("distance", distance)):
+        labels = labels_from_maps(maps, kind)
+        assert labels.dtype == np.int32 and labels.max() == 2, kind
+        s = instance_scores(t, labels)
+        assert (s.tp, s.fp, s.fn) == (2, 0, 0) and s.mean_matched_iou > 0.9, kind
+        assert ((labels > 0) == (t > 0)).all(), kind           # watershed fills the whole foreground
+
+
+def test_uint8_maps_give_the_same_labels():
+    _, _, contour, distance = _touching_discs()
+    for kind, maps in (("contour", contour), ("distance", distance)):
+        q = np.round(maps * 255).astype(np.uint8)
+        np.testing.assert_array_equal(labels_from_maps(q, kind), labels_from_maps(maps, kind))
+
+
+def test_seed_threshold_controls_splitting():
+    _, _, _, distance = _touching_discs()
+    # the two cores merge once the seed threshold is below the distance value on the shared chord
+    assert labels_from_maps(distance, "distance", InstanceParams(seed_threshold=0.01)).max() == 1
+    assert labels_from_maps(distance, "distance", InstanceParams(seed_threshold=0.6)).max() == 2
+
+
+def test_min_size_fill_holes_and_sequential_ids():
+    m = np.zeros((40, 40), np.float32)
+    m[2:14, 2:14] = 1.0
+    m[6:9, 6:9] = 0.0                                         # a 9-px hole inside the first cell
+    m[20:23, 20:23] = 1.0                                     # 9 px: below min_size 16
+    m[30:38, 25:35] = 0.9
+    labels = labels_from_maps(m, "binary", InstanceParams(min_size=16))
+    assert sorted(np.unique(labels).tolist()) == [0, 1, 2]    # small one dropped, ids renumbered 1..2
+    assert labels[7, 7] == labels[3, 3] != 0                  # hole filled with its cell
+    no_fill = labels_from_maps(m, "binary", InstanceParams(min_size=16, fill_holes=False))
+    assert no_fill[7, 7] == 0
+    assert labels_from_maps(m, "binary", InstanceParams(min_size=0)).max() == 3
+    assert labels_from_maps(m, "binary", InstanceParams(fg_threshold=0.95, min_size=0)).max() == 2
+
+
+def test_unseeded_component_is_kept_and_watershed_paths_agree(monkeypatch):
+    from cellseg_tf.predict import instances
+
+    _, _, _, distance = _touching_discs()
+    maps = distance.copy()
+    maps[5:12, 80:90, 0] = 1.0                                # a faint extra cell: foreground, no distance peak
+    maps[5:12, 80:90, 1] = 0.2
+    whole = labels_from_maps(maps, "distance", InstanceParams(min_size=1))
+    assert whole.max() == 3 and (whole[5:12, 80:90] == 3).all()
+    monkeypatch.setattr(instances, "WATERSHED_WHOLE_PX", 0)   # component-by-component flooding
+    np.testing.assert_array_equal(labels_from_maps(maps, "distance", InstanceParams(min_size=1)), whole)
+
+
+def test_every_target_kind_has_a_labeller():
+    from cellseg_tf.data.targets import TARGETS
+    from cellseg_tf.predict.instances import LABELLERS
+
+    assert set(LABELLERS) == set(TARGETS)
+
+
+def test_labels_from_maps_rejects_bad_input():
+    with pytest.raises(ValueError, match="unknown target kind"):
+        labels_from_maps(np.zeros((4, 4, 2)), "stardist")
+    with pytest.raises(ValueError, match=r"distance maps need shape \(H, W, >=2\)"):
+        labels_from_maps(np.zeros((4, 4, 1)), "distance")
+    with pytest.raises(ValueError, match="fg_threshold"):
+        InstanceParams(fg_threshold=1.5)
+
+
+def test_instance_params_yaml_round_trip(tmp_path):
+    params = InstanceParams(fg_threshold=0.4, seed_threshold=0.7, min_size=30, fill_holes=False, connectivity=1)
+    path = save_instance_params(tmp_path / "run" / "instances.yaml", params, kind="distance", val_f1=0.8)
+    assert load_instance_params(path) == params
+    assert run_instance_params([tmp_path / "run" / "epochs" / "epoch_001.keras"]) == params
+    assert run_instance_params([tmp_path / "other" / "best.keras"]) == InstanceParams()
+    assert params.replace(min_size=None, seed_threshold=0.3) == InstanceParams(0.4, 0.3, 30, False, 1)
+    (tmp_path / "bad.yaml").write_text("fg_treshold: 0.4\n")
+    with pytest.raises(ValueError, match=r"bad.yaml: unknown instance parameter\(s\) \['fg_treshold'\]"):
+        load_instance_params(tmp_path / "bad.yaml")
+
+
+def test_label_image_dtype():
+    assert label_image_dtype(65535) == np.uint16 and label_image_dtype(65536) == np.uint32
+    labels = np.array([[0, 3], [70000, 1]], np.int32)
+    assert as_label_image(labels).dtype == np.uint32 and as_label_image(labels)[1, 0] == 70000
+
+
+# ------------------------------------------------------------------- through the predictor and the batch job
+P = 32
+
+
+def _maps_model(kind: str = "distance", bias: float = 0.0, size: int = P):
+    """A per-pixel model that passes its input's first K channels through: logits 20·x - 10 (+ bias) -> TargetHead,
+    so thresholding its output at 0.5 is thresholding the input at 0.5 and the maps keep their order."""
+    import keras
+
+    from cellseg_tf.data.targets import TARGETS
+    from cellseg_tf.models import TargetHead
+
+    k = TARGETS[kind]
+    inp = keras.Input((size, size, 3))
+    conv = keras.layers.Conv2D(k, 1)
+    logits = conv(inp)
+    kernel = np.zeros((1, 1, 3, k), np.float32)
+    for c in range(k):
+        kernel[0, 0, c, c] = 20.0
+    conv.set_weights([kernel, np.full(k, -10.0 + bias, np.float32)])
+    return keras.Model(inp, TargetHead(kind)(logits))
+
+
+def _cell_field(shape=(150, 170), step=19, radius=11):
+    """Rows of touching discs laid over the whole image (so many cross tile seams and band borders): truth labels
+    and the (H, W, 3) image [foreground, distance, 0] a `_maps_model` turns back into distance maps."""
+    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    t = np.zeros(shape, np.int32)
+    k = 0
+    for cy in range(12, shape[0] - 8, 2 * step - 6):
+        for cx in range(12, shape[1] - 8, step):
+            k += 1
+            t[((yy - cy) ** 2 + (xx - cx) ** 2 < radius ** 2) & (t == 0)] = k
+    from scipy import ndimage
+
+    dist = np.zeros(shape, np.float32)
+    for i in range(1, k + 1):
+        d = ndimage.distance_transform_edt(t == i)
+        dist += (d / d.max()).astype(np.float32)
+    return t, np.stack([(t > 0).astype(np.float32), dist, np.zeros(shape, np.float32)], -1)
+
+
+def test_predictor_maps_across_tiles_and_bands_give_whole_cells(monkeypatch):
+    from cellseg_tf.predict import inference
+    from cellseg_tf.predict.inference import Predictor
+    from cellseg_tf.predict.options import PredictOptions
+
+    t, image = _cell_field()
+    assert label_components(t > 0).max() < t.max() / 3          # touching: components merge most cells
+    monkeypatch.setattr(inference, "BAND_BYTES", 1)               # one row of tiles per band
+    pred = Predictor([_maps_model()], PredictOptions(batch_size=1, overlap=0.25))
+    assert pred.kind == "distance" and pred.out_channels == 2
+    lay = pred._layout(*t.shape)
+    # cells straddle band borders (a band = one row of tiles here, emitted up to the next tile row's origin) and
+    # the seams between tile columns
+    rows = [y - lay.top for y in lay.ys[1:] if 0 < y - lay.top < t.shape[0]]
+    cols = [x - lay.left for x in lay.xs[1:] if 0 < x - lay.left < t.shape[1]]
+    assert len(rows) >= 4 and len(cols) >= 4
+    assert len({i for r in rows for i in np.intersect1d(t[r - 1], t[r]) if i}) >= 10
+    assert len({i for c in cols for i in np.intersect1d(t[:, c - 1], t[:, c]) if i}) >= 10
+    maps = pred.predict_normalized(image)
+    assert maps.shape == t.shape + (2,) and maps.dtype == np.float32
+    labels = labels_from_maps(maps, pred.kind)
+    s = instance_scores(t, labels)
+    assert (s.tp, s.fp, s.fn) == (t.max(), 0, 0) and s.mean_matched_iou > 0.95
+    assert labels_from_maps(maps[..., :1], "binary").max() < t.max() / 3
+
+
+def test_ensemble_averages_maps_per_channel_and_rejects_mixed_targets():
+    from cellseg_tf.predict.inference import Predictor
+    from cellseg_tf.predict.options import PredictOptions
+
+    _, image = _cell_field((64, 64))
+    a, b = _maps_model(bias=1.0), _maps_model(bias=-2.0)
+    single = [Predictor([m], PredictOptions(tiling="grid")).predict_normalized(image) for m in (a, b)]
+    both = Predictor([a, b], PredictOptions(tiling="grid"), weights=[3, 1]).predict_normalized(image)
+    np.testing.assert_allclose(both, 0.75 * single[0] + 0.25 * single[1], atol=1e-6)
+    hard = Predictor([a, b], PredictOptions(tiling="grid", vote="hard")).predict_normalized(image)
+    np.testing.assert_allclose(hard[..., 0], 0.5 * (single[0][..., 0] > 0.5) + 0.5 * (single[1][..., 0] > 0.5))
+    np.testing.assert_allclose(hard[..., 1], 0.5 * single[0][..., 1] + 0.5 * single[1][..., 1], atol=1e-6)
+    with pytest.raises(ValueError, match=r"same target.*b.keras: binary \(1 channel\(s\)\)"):
+        Predictor([a, _maps_model("binary")], names=["a.keras", "b.keras"])
+
+
+@pytest.mark.parametrize("quantised", [False, True])
+def test_batch_instances_from_tuned_params_seams_and_bands(tmp_path, monkeypatch, quantised):
+    import yaml
+
+    from cellseg_tf.data.io import read_mask, write_tiff
+    from cellseg_tf.predict import batch_predict, inference
+    from cellseg_tf.predict.batch_predict import predict_batch
+    from cellseg_tf.predict.options import BatchOptions
+
+    t, image = _cell_field()
+    write_tiff(tmp_path / "in" / "cells.tif", np.round(image * 1000).astype(np.uint16))
+    run = tmp_path / "run"
+    run.mkdir()
+    _maps_model().save(run / "best.keras")
+    monkeypatch.setattr(inference, "BAND_BYTES", 1)
+    monkeypatch.setattr(inference, "STREAM_MIN_PX", 0)            # read the TIFF in row windows too
+    if quantised:
+        monkeypatch.setattr(batch_predict, "MAPS_FLOAT_BYTES", 0)  # maps kept as uint8 until labelling
+    opts = BatchOptions(progress=False, instances=True, batch_size=1, norm_low=0, norm_high=100)
+    assert predict_batch([str(tmp_path / "in" / "cells.tif")], [str(run / "best.keras")], tmp_path / "out",
+                         opts)["done"] == 1
+    labels = read_mask(tmp_path / "out" / "cells_instances.tif", instances=True)
+    s = instance_scores(t, labels)
+    assert (s.tp, s.fp, s.fn) == (t.max(), 0, 0) and s.mean_matched_iou > 0.95
+    config = yaml.safe_load((tmp_path / "out" / "predict_config.yaml").read_text())["options"]
+    assert config["target_kind"] == "distance" and config["instance_params"]["seed_threshold"] == 0.5
+
+    # RUN/instances.yaml beside the checkpoint is used (no cell is this big) ...
+    save_instance_params(run / "instances.yaml", InstanceParams(min_size=10_000), kind="distance")
+    opts.overwrite = True
+    predict_batch([str(tmp_path / "in" / "cells.tif")], [str(run / "best.keras")], tmp_path / "out", opts)
+    assert read_mask(tmp_path / "out" / "cells_instances.tif", instances=True).max() == 0
+    # ... and a flag overrides it
+    opts.min_size = 16
+    predict_batch([str(tmp_path / "in" / "cells.tif")], [str(run / "best.keras")], tmp_path / "out", opts)
+    np.testing.assert_array_equal(read_mask(tmp_path / "out" / "cells_instances.tif", instances=True), labels)
+
+
+def test_cli_predict_instances_flags_then_evaluate_and_morphometry(tmp_path, capsys):
+    import yaml
+
+    from cellseg_tf.cli import main
+    from cellseg_tf.data.io import read_mask, write_png, write_tiff
+
+    t, image = _cell_field((96, 128))
+    write_tiff(tmp_path / "in" / "cells.tif", np.round(image * 1000).astype(np.uint16))
+    write_png(tmp_path / "masks" / "cells.png", t.astype(np.uint16))
+    (tmp_path / "manifest.csv").write_text("image,mask,split\nin/cells.tif,masks/cells.png,test\n")
+    _maps_model().save(tmp_path / "model.keras")
+    out = tmp_path / "out"
+    base = ["predict", "--model", str(tmp_path / "model.keras"), "--input", str(tmp_path / "in"), "--out", str(out),
+            "--instances", "--no-progress", "--norm-low", "0", "--norm-high", "100", "--overwrite"]
+    assert main(base + ["--seed-threshold", "0.0", "--min-size", "5", "--fg-threshold", "0.4"]) == 0
+    params = yaml.safe_load((out / "predict_config.yaml").read_text())["options"]["instance_params"]
+    assert (params["seed_threshold"], params["min_size"], params["fg_threshold"]) == (0.0, 5, 0.4)
+    assert read_mask(out / "cells_instances.tif", instances=True).max() < t.max()   # one seed per blob: merged
+    assert main(base) == 0                                                           # defaults split them
+    assert read_mask(out / "cells_instances.tif", instances=True).max() == t.max()
+    capsys.readouterr()
+    assert main(["evaluate", "--pred", str(out), "--manifest", str(tmp_path / "manifest.csv"),
+                 "--out", str(tmp_path / "report.csv"), "--quiet"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1].endswith("instance_f1=1.0000")
+    assert main(["morphometry", "--pred", str(out), "--input", str(tmp_path / "in"),
+                 "--out", str(tmp_path / "cells.csv"), "--quiet"]) == 0
+    assert capsys.readouterr().out.startswith(f"images=1 cells={t.max()} ")

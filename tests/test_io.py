@@ -1,15 +1,20 @@
 """Readers and writers: every format, explicit channels, mask modes, outline detection, every bad-input case."""
 from __future__ import annotations
 
+import warnings
+
 import cv2
 import numpy as np
 import pytest
 import tifffile
 
-from cellseg_tf.io import (ImageReadError, image_shape, list_images, open_manifest, outline_rings, page_count,
-                           read_image, read_mask, read_raw, to_channels, write_png, write_tiff)
-from cellseg_tf.manifest import ManifestError, load_manifest, select, write_manifest
-from cellseg_tf.preprocessing import percentile_normalize
+from cellseg_tf.common.files import atomic_path
+from cellseg_tf.data.io import (ImageReadError, expand_model_list, image_shape, list_images, open_manifest,
+                                outline_rings, page_count, read_image, read_mask, read_raw, resolve_inputs, to_channels,
+                                write_png, write_tiff)
+from cellseg_tf.data.tiff import TiffRowReader, TiffRowWriter, open_tiff
+from cellseg_tf.data.manifest import ManifestError, select, write_manifest
+from cellseg_tf.data.preprocessing import percentile_normalize
 
 RNG = np.random.default_rng(0)
 
@@ -194,9 +199,8 @@ def test_open_manifest_reports_size_mismatch(tmp_path):
     write_png(tmp_path / "m.png", np.zeros((8, 9), np.uint8))
     m = write_manifest(tmp_path / "m.csv", [{"image": str(tmp_path / "i.png"), "mask": str(tmp_path / "m.png"),
                                              "split": "train"}])
-    assert len(load_manifest(m)) == 1  # structure is fine...
     with pytest.raises(ManifestError, match=r"row 2: mask .*m.png is 8×9 but image .*i.png is 8×8"):
-        open_manifest(m)  # ...but sizes are checked
+        open_manifest(m)  # the structure is fine, but sizes are checked too
 
 
 def test_writers_are_atomic_and_inputs_untouched(tmp_path):
@@ -208,3 +212,56 @@ def test_writers_are_atomic_and_inputs_untouched(tmp_path):
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["x.png", "x.tif"]  # no temp files left
     np.testing.assert_array_equal(read_image(tmp_path / "o" / "x.tif")[..., 0], arr)
     assert list_images(tmp_path) == [str(tmp_path / "o" / "x.png"), str(tmp_path / "o" / "x.tif")]
+
+
+def test_tiff_pages_are_pages_not_bands_or_overviews(tmp_path):
+    """Page counting (GDAL sub-datasets) sees the pages of a stack, not the bands of one page or its overviews;
+    no NotGeoreferencedWarning reaches the caller of any TIFF reader or writer."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rgb = write_tiff(tmp_path / "rgb.tif", RNG.integers(0, 255, (64, 48, 3), dtype=np.uint8))
+        assert page_count(rgb) == 1 and image_shape(rgb) == (64, 48, 3)
+        with open_tiff(rgb, "r+") as ds:
+            ds.build_overviews([2, 4])
+        with open_tiff(rgb) as ds:
+            assert ds.overviews(1) == [2, 4]
+        assert page_count(rgb) == 1 and read_raw(rgb).shape == (64, 48, 3)
+    stack = tmp_path / "stack.tif"
+    tifffile.imwrite(stack, RNG.integers(0, 9, (3, 8, 6), dtype=np.uint16), photometric="minisblack")
+    assert page_count(stack) == 3 and page_count(f"{stack}#1") == 3
+    assert page_count(write_png(tmp_path / "p.png", np.zeros((4, 4), np.uint8))) == 1
+
+
+def test_tiff_rows_stream_in_and_out(tmp_path):
+    """TiffRowWriter (into an atomic temp file) + TiffRowReader windows round-trip a 2-band image and a stack page."""
+    image = RNG.integers(0, 60000, (37, 23, 2), dtype=np.uint16)
+    path = tmp_path / "rows.tif"
+    with atomic_path(path) as tmp:
+        with TiffRowWriter(tmp, 37, 23, np.uint16, bands=2) as writer:
+            for r0 in range(0, 37, 10):
+                writer.write(r0, image[r0:r0 + 10])
+        assert not path.exists()  # nothing visible until the rename
+    np.testing.assert_array_equal(read_raw(path), image)
+    with TiffRowReader(path) as reader:
+        assert (reader.height, reader.width, reader.bands, reader.dtype) == (37, 23, 2, np.uint16)
+        np.testing.assert_array_equal(np.concatenate([reader.read(r, min(37, r + 8)) for r in range(0, 37, 8)]),
+                                      image)
+    stack = np.stack([np.full((5, 4), 10 * k, np.uint16) for k in range(3)])
+    tifffile.imwrite(tmp_path / "s.tif", stack, photometric="minisblack")
+    with TiffRowReader(f"{tmp_path / 's.tif'}#2") as reader:
+        np.testing.assert_array_equal(reader.read(1, 3)[..., 0], stack[2, 1:3])
+    with pytest.raises(ImageReadError, match="3 pages"):
+        TiffRowReader(tmp_path / "s.tif").__enter__()
+
+
+def test_resolve_inputs_and_model_lists(tmp_path):
+    for name in ("a.png", "sub/b.tif", "sub/deep/c.jpg", "notes.txt"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    assert [p[len(str(tmp_path)) + 1:] for p in resolve_inputs(tmp_path)] == ["a.png", "sub/b.tif", "sub/deep/c.jpg"]
+    assert len(resolve_inputs(str(tmp_path / "**" / "*.tif"))) == 1
+    (tmp_path / "list.txt").write_text("# comment\na.png\n\nsub/b.tif\n")
+    assert resolve_inputs(tmp_path / "list.txt") == [str(tmp_path / "a.png"), str(tmp_path / "sub/b.tif")]
+    assert expand_model_list([tmp_path / "list.txt", "m.keras"]) == resolve_inputs(tmp_path / "list.txt") + ["m.keras"]
+    with pytest.raises(FileNotFoundError):
+        resolve_inputs(tmp_path / "missing")

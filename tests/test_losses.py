@@ -110,7 +110,7 @@ def _value(name, t, p, **params):
     return np.asarray(L.get_loss(name, **params).call(t, p))
 
 
-def test_registry_lists_every_issue_loss():
+def test_registry_lists_every_documented_loss():
     expected = {"bce", "weighted_bce", "dice", "bce_dice", "focal", "boundary", "focal_dice_boundary", "tversky",
                 "focal_tversky", "wbce_tversky", "dynamic_threshold", "topk_bce_dice"}
     assert expected == set(ALL) == set(REFERENCES)
@@ -286,3 +286,63 @@ def test_keras_file_round_trip_with_every_loss(tmp_path):
         assert type(loaded.loss) is type(loss), name
         assert loaded.loss.params == loss.params, name
         np.testing.assert_allclose(float(loaded.loss(t, p)), float(loss(t, p)), rtol=1e-6)
+
+
+# ------------------------------------------------------------------------- instance targets (2 channels)
+
+def _two_channel(seed=0, size=16):
+    """Foreground truth + a soft distance-like second channel, and random 2-channel probabilities."""
+    t, p = _batch(seed, size)
+    rng = np.random.default_rng(seed + 10)
+    aux_t = (t * rng.random(t.shape)).astype(np.float32)
+    aux_p = rng.random(t.shape).astype(np.float32)
+    return np.concatenate([t, aux_t], -1), np.concatenate([p, aux_p], -1)
+
+
+@pytest.mark.parametrize("base,aux,weight", [("bce_dice", "bce", 1.0), ("tversky", "mse", 0.5),
+                                             ("dice", "bce", 0.0)])
+def test_instance_target_loss_is_base_on_channel0_plus_weighted_aux(base, aux, weight):
+    t, p = _two_channel(1)
+    loss = L.InstanceTargetLoss(kind="distance", base=base, aux=aux, aux_weight=weight)
+
+    def reference(t, p):
+        ch1 = (np_bce(t[..., 1:], p[..., 1:]) if aux == "bce"
+               else np.mean((_clip(p[..., 1:]) - t[..., 1:]) ** 2, axis=(1, 2, 3)))
+        return REFERENCES[base](t[..., :1], p[..., :1]) + weight * ch1
+
+    got = np.asarray(loss.call(t, p))
+    assert got.dtype == np.float32 and got.shape == (3,)
+    np.testing.assert_allclose(got, reference(t, p), rtol=2e-4, atol=1e-6)
+    half = np.asarray(loss.call(t.astype(np.float16), p.astype(np.float16)))       # mixed-precision inputs
+    assert half.dtype == np.float32
+    np.testing.assert_allclose(half, reference(t, p.astype(np.float16).astype(np.float32)), rtol=2e-4, atol=1e-5)
+
+
+def test_instance_target_loss_trains_both_channels_and_is_not_a_pixel_loss():
+    assert "instance_target" not in ALL                     # chosen by the target, never by --loss
+    t, p = _two_channel(2)
+    logits = tf.Variable(np.log(p / (1 - p)))
+    loss = L.loss_for_target("contour", "bce_dice", {"pos_weight": 2.0}, aux_weight=0.7)
+    assert isinstance(loss, L.InstanceTargetLoss) and loss.params["base_options"] == {"pos_weight": 2.0}
+    with tf.GradientTape() as tape:
+        value = loss(t, tf.sigmoid(logits))
+    g = tape.gradient(value, logits).numpy()
+    assert np.isfinite(g).all() and np.abs(g[..., 0]).sum() > 0 and np.abs(g[..., 1]).sum() > 0
+    assert type(L.loss_for_target("binary", "tversky", {"alpha": 0.2})) is L.TverskyLoss
+    with pytest.raises(ValueError, match="kind"):
+        L.InstanceTargetLoss(kind="binary")
+    with pytest.raises(TypeError, match="unknown parameter"):
+        L.InstanceTargetLoss(kind="distance", base="tversky", base_options={"gamma": 2})
+
+
+def test_instance_target_loss_keras_file_round_trip(tmp_path):
+    t, p = _two_channel(3, size=8)
+    inp = keras.Input((None, None, 1))
+    model = keras.Model(inp, keras.layers.Conv2D(2, 1, activation="sigmoid")(inp))
+    loss = L.loss_for_target("distance", "topk_bce_dice", {"k_fraction": 0.25}, aux_weight=0.3)
+    model.compile(optimizer="sgd", loss=loss)
+    assert np.isfinite(model.train_on_batch(p[..., :1], t))
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras", safe_mode=True)
+    assert type(loaded.loss) is L.InstanceTargetLoss and loaded.loss.params == loss.params
+    np.testing.assert_allclose(float(loaded.loss(t, p)), float(loss(t, p)), rtol=1e-6)

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cellseg_tf.io import write_png
-from cellseg_tf.manifest import ManifestError, Sample, load_manifest, select, split_frame, write_manifest
+from cellseg_tf.data.io import open_manifest, write_png
+from cellseg_tf.data.manifest import ManifestError, Sample, select, split_frame, write_manifest
 
 
 def _files(tmp_path, names=("a", "b")):
@@ -29,7 +29,7 @@ def test_roundtrip_relative_paths_and_optional_columns(tmp_path):
     path = write_manifest(tmp_path / "sub" / "m.csv", rows)
     text = path.read_text()
     assert "../img/a.png" in text and str(tmp_path) not in text  # stored relative to the manifest
-    samples = load_manifest(path)
+    samples = open_manifest(path)
     assert [s.split for s in samples] == ["train", "test"] and samples[1].mask is None
     assert samples[0].image == str(tmp_path / "img/a.png") and samples[0].fold == 1 and samples[0].dataset == "d"
     assert [s.stem for s in select(samples, "train")] == ["a"]
@@ -44,7 +44,7 @@ def test_frame_suffix_survives_roundtrip(tmp_path):
     tifffile.imwrite(tmp_path / "st_Mask.tif", np.zeros((3, 4, 4), np.uint8), photometric="minisblack")
     path = write_manifest(tmp_path / "m.csv", [{"image": f"{tmp_path}/st.tif#2", "mask": f"{tmp_path}/st_Mask.tif#2",
                                                 "split": "train"}])
-    s = load_manifest(path)[0]
+    s = open_manifest(path)[0]
     assert s.image.endswith("st.tif#2") and s.mask.endswith("st_Mask.tif#2") and s.stem == "st_f2"
 
 
@@ -66,10 +66,10 @@ def test_errors_name_row_and_file(tmp_path, body, message):
     _files(tmp_path)
     (tmp_path / "m.csv").write_text(body)
     with pytest.raises(ManifestError, match=message):
-        load_manifest(tmp_path / "m.csv")
+        open_manifest(tmp_path / "m.csv")
 
 
 def test_missing_manifest(tmp_path):
     with pytest.raises(ManifestError, match="manifest not found"):
-        load_manifest(tmp_path / "none.csv")
+        open_manifest(tmp_path / "none.csv")
 

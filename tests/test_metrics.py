@@ -7,7 +7,7 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from cellseg_tf.metrics import DiceMetric, IoUMetric, PrecisionMetric, RecallMetric, default_metrics  # noqa: E402
+from cellseg_tf.training.metrics import DiceMetric, IoUMetric, PrecisionMetric, RecallMetric, default_metrics  # noqa: E402
 
 
 def _batches():
@@ -118,3 +118,15 @@ def test_keras_round_trip_and_evaluate(tmp_path):
         assert after[k] == pytest.approx(before[k], rel=1e-6)
     cfg = DiceMetric(threshold=0.4).get_config()
     assert DiceMetric.from_config(cfg).threshold == 0.4 and cfg["name"] == "dice"
+
+
+def test_metrics_score_only_the_foreground_channel_of_instance_targets():
+    rng = np.random.default_rng(4)
+    t = (rng.random((2, 8, 8, 1)) > 0.5).astype(np.float32)
+    p = rng.random((2, 8, 8, 1)).astype(np.float32)
+    aux_t, aux_p = rng.random(t.shape).astype(np.float32), rng.random(t.shape).astype(np.float32)
+    for metric in default_metrics():
+        one, two = type(metric)(), type(metric)()
+        one.update_state(t, p)
+        two.update_state(np.concatenate([t, aux_t], -1), np.concatenate([p, aux_p], -1))
+        assert float(two.result()) == pytest.approx(float(one.result()))

@@ -19,11 +19,14 @@ from cellseg_tf.models.blocks import attention_gate  # noqa: E402
 from cellseg_tf.models.layers import ChannelRepeat, ImageNetPreprocess, ResizeLike, WSConv2D  # noqa: E402
 
 REQUIRED = {"unet", "attention_unet", "vgg16_unet", "densenet121_unet", "resnet50_unet", "mobilenetv2_unet",
-            "efficientnetb0_unet", "inceptionv3_unet", "model1_densenet", "model2_vgg_attention",
-            "model3_vgg_attention_ia"}
+            "efficientnetb0_unet", "inceptionv3_unet", "densenet121_deconv_unet", "vgg16_attention_unet",
+            "vgg16_attention_ia_unet"}
+# names of earlier versions, kept as aliases so saved configs and scripts still build
+ALIASES = {"model1_densenet": "densenet121_deconv_unet", "model2_vgg_attention": "vgg16_attention_unet",
+           "model3_vgg_attention_ia": "vgg16_attention_ia_unet"}
 ENCODER_MODELS = sorted(REQUIRED - {"unet", "attention_unet"})
-ENCODER_NAME = {"model1_densenet": "densenet121_encoder", "model2_vgg_attention": "vgg16_encoder",
-                "model3_vgg_attention_ia": "vgg16_encoder"}
+ENCODER_NAME = {"densenet121_deconv_unet": "densenet121_encoder", "vgg16_attention_unet": "vgg16_encoder",
+                "vgg16_attention_ia_unet": "vgg16_encoder"}
 SMALL_OPTIONS = {"unet": dict(base_filters=4, depth=3),
                  "attention_unet": dict(base_filters=4, depth=3, weight_standardization=True)}
 
@@ -50,10 +53,28 @@ def _encoder(model, name: str):
 def test_registry_has_every_required_model_and_stride():
     assert REQUIRED <= set(available_models())
     assert model_stride("unet") == 16 and model_stride("unet", depth=3) == 8
-    assert model_stride("vgg16_unet") == 16 and model_stride("model2_vgg_attention") == 16
+    assert model_stride("vgg16_unet") == 16 and model_stride("vgg16_attention_unet") == 16
     for name in ("densenet121_unet", "resnet50_unet", "mobilenetv2_unet", "efficientnetb0_unet", "inceptionv3_unet",
-                 "model1_densenet", "model3_vgg_attention_ia"):
+                 "densenet121_deconv_unet", "vgg16_attention_ia_unet"):
         assert model_stride(name) == 32
+
+
+def test_earlier_model_names_still_build_and_load_from_a_saved_config(tmp_path):
+    from cellseg_tf.models import canonical_name, default_learning_rate
+    from cellseg_tf.training.config import TrainConfig
+
+    assert not set(ALIASES) & set(available_models())                 # listed once, under the new name
+    assert set(ALIASES) <= set(available_models(include_aliases=True))
+    for old, new in ALIASES.items():
+        assert canonical_name(old) == new and model_stride(old) == model_stride(new)
+        assert default_learning_rate(old) == default_learning_rate(new)
+    path = TrainConfig(model="model2_vgg_attention", model_options={"decoder_filters": [8, 8, 8, 8]}).save(
+        tmp_path / "config.yaml")
+    config = TrainConfig.load(path)
+    model = build_model(config.model, input_shape=(32, 32, 1), **config.model_options)
+    reference = build_model("vgg16_attention_unet", input_shape=(32, 32, 1), decoder_filters=(8, 8, 8, 8))
+    assert [w.shape for w in model.weights] == [w.shape for w in reference.weights]
+    assert model.get_layer("att0_psi") is not None and model.name == "vgg16_attention_unet"
 
 
 def test_build_rejects_sizes_breaking_stride_or_minimum():
@@ -78,7 +99,7 @@ def test_unet_keeps_its_structure():
     assert model.output.shape == (None, 32, 32, 1)
 
 
-def test_double_conv_drops_out_after_each_conv_as_seed_001():
+def test_double_conv_drops_out_after_each_conv():
     """(conv, BN, ReLU, dropout) ×2 per DoubleConv; no Dropout layers at all when dropout = 0."""
     model = build_model("unet", input_shape=(32, 32, 1), base_filters=4, depth=2, dropout=0.2)
     names = [layer.name for layer in model.layers]
@@ -95,8 +116,11 @@ def test_model_code_uses_keras_ops_only():
     src = Path(__file__).resolve().parents[1] / "cellseg_tf" / "models"
     for path in src.glob("*.py"):
         text = path.read_text()
+        assert "Lambda(" not in text, path
+        if path.name == "loading.py":   # loads .keras files and checks devices: not model code
+            continue
         assert not re.search(r"^\s*(import|from)\s+tensorflow", text, re.M), path
-        assert not re.search(r"\btf\.", text) and "Lambda(" not in text, path
+        assert not re.search(r"\btf\.", text), path
 
 
 # ------------------------------------------------------------------------------------------- every model, small
@@ -114,7 +138,7 @@ def test_forward_shape_dtype_range(name):
 
 
 ROUND_TRIP = [pytest.param(n, {}, id=n) for n in sorted(REQUIRED)] + [
-    pytest.param("model3_vgg_attention_ia", {"normalization": "instance"}, id="model3_vgg_attention_ia-instance")]
+    pytest.param("vgg16_attention_ia_unet", {"normalization": "instance"}, id="vgg16_attention_ia_unet-instance")]
 
 
 @pytest.mark.parametrize("name,options", ROUND_TRIP)
@@ -167,11 +191,11 @@ def test_inception_aligns_valid_padding_at_two_sizes():
         assert y.shape == (1, size, size, 1) and np.isfinite(y).all()
 
 
-# ------------------------------------------------------------------------------------ seed 002 parameter counts
-@pytest.mark.parametrize("name,total_m,trainable_m", [("model1_densenet", 22.7, 15.7),
-                                                      ("model2_vgg_attention", 18.8, 4.09),
-                                                      ("model3_vgg_attention_ia", 28.85, 14.1)])
-def test_seed002_parameter_counts_within_10_percent(name, total_m, trainable_m):
+# ----------------------------------------------------------------- parameter counts published by Das et al. 2025
+@pytest.mark.parametrize("name,total_m,trainable_m", [("densenet121_deconv_unet", 22.7, 15.7),
+                                                      ("vgg16_attention_unet", 18.8, 4.09),
+                                                      ("vgg16_attention_ia_unet", 28.85, 14.1)])
+def test_published_parameter_counts_within_10_percent(name, total_m, trainable_m):
     model = build_model(name, input_shape=(256, 256, 3))
     total = sum(int(np.prod(w.shape)) for w in model.weights) / 1e6
     trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights) / 1e6
@@ -203,11 +227,11 @@ def test_encoder_weights_from_path(tmp_path):
         build_model("mobilenetv2_unet", input_shape=(64, 64, 1), encoder_weights=str(tmp_path / "missing.h5"))
 
 
-def test_unfreeze_top_blocks():
-    model = build_model("mobilenetv2_unet", input_shape=(64, 64, 1), unfreeze_blocks=1)
+def test_encoder_trainable_trains_the_deepest_blocks_with_batchnorm_frozen():
+    model = build_model("mobilenetv2_unet", input_shape=(64, 64, 1), encoder_trainable=1)
     enc = model.get_layer("mobilenetv2_encoder")
     names = [layer.name for layer in enc.layers]
-    cut = names.index("block_13_expand_relu")
+    cut = names.index("block_13_expand_relu")            # the last skip: the deepest block starts after it
     weighted = [layer for layer in enc.layers if layer.weights]
     assert any(layer.trainable for layer in weighted)
     for i, layer in enumerate(enc.layers):
@@ -216,10 +240,49 @@ def test_unfreeze_top_blocks():
         deep = i > cut
         is_bn = isinstance(layer, keras.layers.BatchNormalization)
         assert layer.trainable == (deep and not is_bn), layer.name
-    fully = build_model("mobilenetv2_unet", input_shape=(64, 64, 1), encoder_freeze=False)
-    assert len(fully.get_layer("mobilenetv2_encoder").trainable_weights) > len(enc.trainable_weights)
-    with pytest.raises(ValueError, match="unfreeze_blocks"):
-        build_model("mobilenetv2_unet", input_shape=(64, 64, 1), unfreeze_blocks=9)
+    fully = build_model("mobilenetv2_unet", input_shape=(64, 64, 1), encoder_trainable="all")
+    fully_enc = fully.get_layer("mobilenetv2_encoder")
+    assert len(fully_enc.trainable_weights) == len([w for w in fully_enc.weights if w.trainable])
+    assert all(layer.trainable for layer in fully_enc.layers if layer.weights)   # BatchNorm included
+    with pytest.raises(ValueError, match="encoder_trainable must be 0..5"):
+        build_model("mobilenetv2_unet", input_shape=(64, 64, 1), encoder_trainable=9)
+
+
+def test_earlier_encoder_options_map_onto_encoder_trainable_with_a_warning():
+    def flags(model):
+        return [layer.trainable for layer in model.get_layer("mobilenetv2_encoder").layers if layer.weights]
+
+    for old, new in (({"unfreeze_blocks": 2}, 2), ({"encoder_freeze": False}, "all"),
+                     ({"encoder_freeze": True, "unfreeze_blocks": 1, "train_encoder_bn": True}, 1)):
+        with pytest.warns(FutureWarning, match=f"encoder_trainable={new!r}"):
+            legacy = build_model("mobilenetv2_unet", input_shape=(64, 64, 1), **old)
+        assert flags(legacy) == flags(build_model("mobilenetv2_unet", input_shape=(64, 64, 1),
+                                                  encoder_trainable=new))
+    with pytest.raises(ValueError, match="not with the older"):
+        build_model("mobilenetv2_unet", input_shape=(64, 64, 1), encoder_trainable=1, unfreeze_blocks=1)
+
+
+def test_encoder_blocks_of_unet_and_zoo_models():
+    from cellseg_tf.models.freezing import encoder_blocks, set_encoder_trainable
+
+    unet = build_model("unet", input_shape=(32, 32, 1), base_filters=4, depth=3)
+    blocks, containers = encoder_blocks(unet)
+    assert containers == [] and [{l.name.split("_")[0] for l in b} for b in blocks] == [{"enc0"}, {"enc1"}, {"enc2"}]
+    set_encoder_trainable(unet, 2)
+    trainable = {l.name for l in unet.layers if l.weights and l.trainable}
+    assert {"enc1_a_conv", "enc2_b_conv", "bottleneck_a_conv", "dec0_a_conv"} <= trainable
+    assert not {"enc0_a_conv", "enc1_a_bn", "enc2_b_bn"} & trainable
+    set_encoder_trainable(unet, 0)
+    assert not any(unet.get_layer(f"enc{i}_a_conv").trainable for i in range(3))
+    assert unet.get_layer("head_logits").trainable                          # the decoder is never touched
+    m3 = build_model("vgg16_attention_ia_unet", input_shape=(64, 64, 3))
+    blocks, containers = encoder_blocks(m3)
+    assert [c.name for c in containers] == ["vgg16_encoder"]
+    assert [b[-1].name for b in blocks] == ["block1_pool", "block2_pool", "block3_pool", "block4_pool",
+                                            "block5_pool"]
+    plain = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Conv2D(1, 1, name="c")], name="plain")
+    with pytest.raises(ValueError, match="'plain': no encoder"):
+        set_encoder_trainable(plain, 1)
 
 
 # ---------------------------------------------------------------------------------------------- custom layers
@@ -241,12 +304,12 @@ def test_attention_maps_in_built_models_match_skip_shapes():
     model = build_model("attention_unet", input_shape=(32, 32, 1), base_filters=4, depth=2)
     assert model.get_layer("att0_psi").output.shape[1:] == (32, 32, 1)
     assert model.get_layer("att1_psi").output.shape[1:] == (16, 16, 1)
-    m2 = build_model("model2_vgg_attention", input_shape=(64, 64, 3))
+    m2 = build_model("vgg16_attention_unet", input_shape=(64, 64, 3))
     probe = keras.Model(m2.input, [m2.get_layer(f"att{i}_psi").output for i in range(4)])
     maps = probe(np.random.default_rng(4).random((1, 64, 64, 3)).astype("float32"))
     assert [tuple(m.shape[1:3]) for m in maps] == [(8, 8), (16, 16), (32, 32), (64, 64)]
     assert all(float(np.min(m)) >= 0 and float(np.max(m)) <= 1 for m in maps)
-    m3 = build_model("model3_vgg_attention_ia", input_shape=(64, 64, 3))
+    m3 = build_model("vgg16_attention_ia_unet", input_shape=(64, 64, 3))
     probe = keras.Model(m3.input, [m3.get_layer(f"att{i}_psi").output for i in range(4)])
     maps = probe(np.random.default_rng(5).random((1, 64, 64, 3)).astype("float32"))
     # gates sit on the VGG16 pooling skips block4_pool ... block1_pool of a 64 px input
@@ -307,3 +370,44 @@ def test_resize_like_matches_reference_size_and_keeps_constants():
     assert out.shape == (1, 11, 13, 2)
     np.testing.assert_allclose(out, 0.25, atol=1e-6)
     assert np.asarray(ChannelRepeat(3)(np.ones((1, 2, 2, 1), "float32"))).shape == (1, 2, 2, 3)
+
+
+# ------------------------------------------------------------------------------- output head / target kind
+@pytest.mark.parametrize("name", available_models())      # every registered model, those added later included
+def test_two_channel_head_round_trips_with_its_target_kind(name, tmp_path):
+    from cellseg_tf.models import TargetHead, target_kind
+
+    kind = "contour" if name.startswith(("vgg16", "resnet")) else "distance"
+    options = {"target": kind} if kind == "contour" else {"out_channels": 2}   # out_channels=2 alone: distance
+    model = _build(name, **options)
+    x = _batch(name, seed=2)
+    y = np.asarray(model(x, training=False))
+    assert y.shape == x.shape[:3] + (2,) and y.dtype == np.float32 and ((y >= 0) & (y <= 1)).all()
+    assert isinstance(model.layers[-1], TargetHead) and target_kind(model) == kind
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras", safe_mode=True)
+    assert target_kind(loaded) == kind and loaded.output.shape[-1] == 2
+    np.testing.assert_array_equal(np.asarray(loaded(x, training=False)), y)
+
+
+def test_target_head_options_dtype_and_old_checkpoints():
+    from cellseg_tf.models import target_kind
+    from cellseg_tf.models.heads import TargetHead, head_kind
+
+    assert [head_kind(), head_kind(1), head_kind(2), head_kind(None, "contour"), head_kind(2, "distance")] == \
+        ["binary", "binary", "distance", "contour", "distance"]
+    with pytest.raises(ValueError, match="out_channels=1 does not fit target 'distance'"):
+        head_kind(1, "distance")
+    with pytest.raises(ValueError, match="out_channels must be 1"):
+        head_kind(3)
+    assert target_kind(_build("unet")) == "binary" and _build("unet").output.shape[-1] == 1
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    model = _build("unet", target="distance")
+    assert model.get_layer("head_logits").compute_dtype == "float16"
+    assert model.output.dtype == "float32" and model.layers[-1].compute_dtype == "float32"
+    keras.mixed_precision.set_global_policy("float32")
+    inp = keras.Input((8, 8, 1))                          # a checkpoint from before TargetHead: sigmoid Activation
+    old = keras.Model(inp, keras.layers.Activation("sigmoid")(keras.layers.Conv2D(1, 1)(inp)))
+    assert target_kind(old) == "binary"
+    with pytest.raises(ValueError, match="needs 2 input channel"):
+        TargetHead("contour")(keras.Input((8, 8, 1)))

@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 
 from cellseg_tf.cli import main
-from cellseg_tf.io import write_png, write_tiff
-from cellseg_tf.morphometry import cell_table, measure_folder
+from cellseg_tf.data.io import write_png, write_tiff
+from cellseg_tf.analysis.morphometry import cell_table, measure_folder
 
 
 def _scene():
@@ -75,3 +75,18 @@ def test_cli_morphometry(tmp_path, capsys):
     assert main(["morphometry", "--pred", str(tmp_path / "nothing"), "--input", str(tmp_path / "images"),
                  "--out", str(tmp_path / "c2.csv")]) == 2
     assert "no predictions could be measured" in capsys.readouterr().err
+
+
+def test_measure_folder_progress_bar_follows_verbose(tmp_path, capsys):
+    labels, image, _ = _scene()
+    write_tiff(tmp_path / "images" / "a.tif", image.astype(np.float32))
+    write_png(tmp_path / "pred" / "a.png", ((labels > 0) * 255).astype(np.uint8))
+    images = [str(tmp_path / "images" / "a.tif")]
+    measure_folder(tmp_path / "pred", images, tmp_path / "q" / "cells.csv", verbose=0)
+    assert capsys.readouterr().err == ""
+    measure_folder(tmp_path / "pred", images, tmp_path / "l" / "cells.csv", verbose=1)
+    err = capsys.readouterr().err
+    assert "measure" in err and "1/1" in err
+    assert main(["morphometry", "--pred", str(tmp_path / "pred"), "--input", str(tmp_path / "images"),
+                 "--out", str(tmp_path / "c" / "cells.csv"), "--quiet"]) == 0
+    assert capsys.readouterr().err == ""

@@ -33,6 +33,10 @@ def test_quickstart_notebook_executes(tmp_path):
     assert not [o for o in outputs if o.get("output_type") == "error"]
     images = [o for o in outputs if "image/png" in o.get("data", {})]
     assert len(images) >= 2  # the curves and at least one overlay are shown inline
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "qs.zip") as zf:          # ZIP_OUTPUTS (default on): all outputs, one file
+        assert {"summary.json", "run/best.keras", "run/curves.png"} <= set(zf.namelist())
 
 
 def test_your_data_notebook_pairs_folders_trains_a_cv_ensemble_and_segments_new_images(tmp_path):
@@ -40,7 +44,7 @@ def test_your_data_notebook_pairs_folders_trains_a_cv_ensemble_and_segments_new_
     nbclient = pytest.importorskip("nbclient")
     import numpy as np
 
-    from cellseg_tf.io import write_tiff
+    from cellseg_tf.data.io import write_tiff
 
     new_images = tmp_path / "new"
     for i in range(2):
@@ -63,3 +67,27 @@ def test_your_data_notebook_pairs_folders_trains_a_cv_ensemble_and_segments_new_
     assert (out / "cells.csv").is_file() and len((out / "cells_per_image.csv").read_text().splitlines()) == 1 + 2
     images = [o for o in outputs if "image/png" in o.get("data", {})]
     assert len(images) >= 2 + 2 + 2 + 1  # 2 fold curves, test overlays, new-image overlays, area histogram
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "mine.zip") as zf:
+        assert {"cv/models.txt", "test_report.csv", "cells.csv"} <= set(zf.namelist())
+
+
+def test_few_shot_notebook_trains_extractors_adapts_and_scores(tmp_path):
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    import yaml
+
+    nb = nbformat.read(NOTEBOOK.with_name("02_few_shot.ipynb"), as_version=4)
+    out = tmp_path / "fs"
+    nb = _with_parameters(nb, OUT_DIR=str(out), SHOTS=2, EPOCHS=1, STEPS_PER_EPOCH=2, PATCH_SIZE=32, N_IMAGES=6,
+                          IMAGE_SIZE=96)
+    nbclient.NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    report = yaml.safe_load((out / "adapted_adaptation.yaml").read_text())
+    assert report["shots"] == 2 and [e["name"] for e in report["extractors"]] == ["msd", "unet"]
+    scores = (out / "test_report.csv").read_text().splitlines()
+    assert len(scores) >= 2 and scores[0].startswith("image")                  # header + the scored test images
+    images = [o for o in outputs if "image/png" in o.get("data", {})]
+    assert len(images) >= 2 + 2 + 1  # 2 extractor curves, the support overlays, at least one test overlay

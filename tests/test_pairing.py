@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from cellseg_tf.cli import main
-from cellseg_tf.io import write_png
-from cellseg_tf.manifest import ManifestError, load_manifest
-from cellseg_tf.pairing import assign_splits, pair_folders
+from cellseg_tf.data.io import open_manifest, write_png
+from cellseg_tf.data.manifest import ManifestError
+from cellseg_tf.data.pairing import assign_splits, pair_folders
 
 
 def _touch(path, shape=(8, 8)):
@@ -73,7 +73,7 @@ def test_cli_manifest_writes_a_loadable_manifest_and_names_bad_pairs(tmp_path, c
     captured = capsys.readouterr()
     assert "image without a mask: " in captured.err and "extra.png" in captured.err
     assert captured.out.strip().splitlines()[-1] == f"manifest={out} pairs=5 train=3 val=0 test=3"
-    samples = load_manifest(out)
+    samples = open_manifest(out)
     assert not any(s.image.endswith("extra.png") and s.mask for s in samples)
     assert "../images/n0.png" in out.read_text()                         # relative to the manifest
     before = out.read_text()
@@ -84,3 +84,17 @@ def test_cli_manifest_writes_a_loadable_manifest_and_names_bad_pairs(tmp_path, c
     assert out.read_text() == before and sorted(p.name for p in out.parent.iterdir()) == ["manifest.csv"]
     assert main(["manifest", "--images", str(tmp_path / "masks"), "--masks", str(tmp_path / "empty"),
                  "--out", str(tmp_path / "m2.csv")]) == 2
+
+
+def test_progress_bar_follows_verbose(tmp_path, capsys):
+    for n in ("a", "b", "c"):
+        _touch(tmp_path / "images" / f"{n}.png")
+        _touch(tmp_path / "masks" / f"{n}.png")
+    assert len(pair_folders(tmp_path / "images", tmp_path / "masks", verbose=0).pairs) == 3
+    assert capsys.readouterr().err == ""
+    pair_folders(tmp_path / "images", tmp_path / "masks", verbose=1)
+    err = capsys.readouterr().err
+    assert "pair" in err and "3/3" in err
+    assert main(["manifest", "--images", str(tmp_path / "images"), "--masks", str(tmp_path / "masks"),
+                 "--out", str(tmp_path / "m.csv"), "--quiet"]) == 0
+    assert capsys.readouterr().err == ""

@@ -1,10 +1,11 @@
-"""Percentile normalisation and padding: values, dtypes, constant images, bad input."""
+"""Percentile normalisation (in memory and streamed) and padding: values, dtypes, constant images, bad input."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from cellseg_tf.preprocessing import pad_to_multiple, percentile_normalize
+from cellseg_tf.data.preprocessing import (PercentileEstimator, intensity_range, normalize_rows, pad_to_multiple,
+                                          percentile_normalize, streamed_intensity_range)
 
 
 def test_percentile_stretch_on_16bit_range():
@@ -54,3 +55,48 @@ def test_pad_to_multiple(mode):
     assert pad_to_multiple(a[:4, :4], 4, mode) is not None and pad_to_multiple(a[:4, :4], 4, mode).shape == (4, 4, 2)
     with pytest.raises(ValueError):
         pad_to_multiple(a, 4, "wrap")
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16, np.float32])
+def test_streamed_percentiles_match_numpy(dtype, monkeypatch):
+    import cellseg_tf.data.preprocessing as preprocessing
+
+    rng = np.random.default_rng(2)
+    info = np.iinfo(dtype) if np.dtype(dtype).kind in "ui" else None
+    data = rng.integers(info.min, info.max, (300, 200, 2), endpoint=True).astype(dtype) if info else \
+        rng.normal(100, 30, (300, 200, 2)).astype(dtype)
+    as_float = data.astype(np.float32)
+    exact = (np.percentile(as_float, 2, axis=(0, 1)), np.percentile(as_float, 98, axis=(0, 1)))
+    monkeypatch.setattr(preprocessing, "EXACT_PERCENTILE_PX", 0)  # force the streamed estimator
+    lo, hi = intensity_range(data, 2, 98)
+    if info:  # integer images: exact histogram
+        np.testing.assert_allclose(lo, exact[0], rtol=1e-6)
+        np.testing.assert_allclose(hi, exact[1], rtol=1e-6)
+    # a row reader in odd windows gives the same numbers as the in-memory image
+    monkeypatch.setattr(preprocessing, "PASS_BYTES", 7 * 200 * 2 * 8)
+    slo, shi = streamed_intensity_range(lambda a, b: data[a:b], data.shape, data.dtype, 2, 98)
+    np.testing.assert_array_equal(slo, lo)
+    np.testing.assert_array_equal(shi, hi)
+    est = PercentileEstimator(data.shape, data.dtype, sample_px=15000)  # strided sample: every 2nd row/column
+    for r0 in range(0, 300, 7):
+        est.update(data[r0:r0 + 7], r0)
+    if not info:
+        slo, shi = est.result(2, 98)
+        np.testing.assert_allclose(slo, exact[0], rtol=0.05)
+        np.testing.assert_allclose(shi, exact[1], rtol=0.05)
+        assert est.stride == 2
+
+
+def test_percentile_normalize_is_intensity_range_then_normalize_rows(monkeypatch):
+    """Training (`percentile_normalize`) and prediction (`intensity_range` + `normalize_rows` band by band) give the
+    same array, exact below EXACT_PERCENTILE_PX and through the streamed estimator above it."""
+    import cellseg_tf.data.preprocessing as preprocessing
+
+    image = np.random.default_rng(3).integers(0, 4000, (50, 60, 2)).astype(np.uint16)
+    for exact_px in (preprocessing.EXACT_PERCENTILE_PX, 0):
+        monkeypatch.setattr(preprocessing, "EXACT_PERCENTILE_PX", exact_px)
+        lo, hi = intensity_range(image, 1, 99.5)
+        banded = np.concatenate([normalize_rows(image[r:r + 16], lo, hi) for r in range(0, 50, 16)])
+        np.testing.assert_array_equal(banded, percentile_normalize(image, 1, 99.5))
+    flat = np.full((8, 8, 1), 7, np.uint16)
+    np.testing.assert_array_equal(normalize_rows(flat, *intensity_range(flat)), 0)

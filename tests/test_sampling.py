@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cellseg_tf.sampling import (FOREGROUND_CLASSES, HardMiner, PatchIndex, foreground_class, hard_mining_callback,
+from cellseg_tf.data.sampling import (FOREGROUND_CLASSES, HardMiner, PatchIndex, foreground_class, hard_mining_callback,
                                  parse_foreground_weights, per_patch_bce_dice)
-from cellseg_tf.tiling import axis_origins
+from cellseg_tf.data.tiling import axis_origins
 
 P = 16
 

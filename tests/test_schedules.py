@@ -4,8 +4,8 @@ from __future__ import annotations
 import keras
 import pytest
 
-from cellseg_tf.callbacks import ResumableReduceLROnPlateau
-from cellseg_tf.schedules import (available_optimizers, available_schedules, build_optimizer, build_schedule,
+from cellseg_tf.training.callbacks import ResumableReduceLROnPlateau
+from cellseg_tf.training.schedules import (available_optimizers, available_schedules, build_optimizer, build_schedule,
                                   learning_rate_at)
 
 
@@ -14,7 +14,7 @@ def test_constant_schedule():
     assert s.callbacks == [] and learning_rate_at(s.learning_rate, 0) == learning_rate_at(s.learning_rate, 10**6)
 
 
-def test_exponential_staircase_seed002_defaults():
+def test_exponential_staircase_published_defaults():
     lr = build_schedule("exponential", 1e-4, steps_per_epoch=100).learning_rate
     expected = {0: 1e-4, 8999: 1e-4, 9000: 9e-5, 17999: 9e-5, 18000: 8.1e-5, 90000: 1e-4 * 0.9 ** 10}
     for step, value in expected.items():
@@ -67,7 +67,7 @@ def test_optimizers():
 
 
 def test_cosine_schedule_anneals_over_steps_or_time_whichever_is_first():
-    from cellseg_tf.schedules import RunPlan
+    from cellseg_tf.training.schedules import RunPlan
 
     cb = build_schedule("cosine", 1e-3, steps_per_epoch=10, plan=RunPlan(total_steps=100)).callbacks[0]
     assert cb.rate(0, 0.0) == pytest.approx(1e-3)
@@ -93,7 +93,7 @@ def test_cosine_schedule_sets_the_optimizer_rate_during_fit():
     import keras
     import numpy as np
 
-    from cellseg_tf.schedules import RunPlan
+    from cellseg_tf.training.schedules import RunPlan
 
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from cellseg_tf.io import ImageReadError, open_manifest, read_image, read_mask
-from cellseg_tf.stacks import find_stacks, stack_manifest
+from cellseg_tf.data.io import ImageReadError, open_manifest, read_image, read_mask
+from cellseg_tf.data.stacks import find_stacks, stack_manifest
 
 
 def _stacks(tmp_path, n=3, mask_n=None):

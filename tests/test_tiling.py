@@ -1,11 +1,10 @@
-"""Tiling round trips on random shapes: patchify grid (both pad modes) and overlapping tiles with exact stitch."""
+"""Tiling round trips on random shapes: the patchify dependency, overlapping tiles with an exact blend-back."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from cellseg_tf.tiling import (TileAccumulator, axis_origins, blend_window, extract_tiles, grid_patches, grid_unpatch,
-                               stitch_tiles, tile_origins)
+from cellseg_tf.data.tiling import TileAccumulator, axis_origins, blend_window, extract_tiles, tile_origins
 
 
 def test_patchify_runs_on_numpy2():
@@ -21,20 +20,6 @@ def test_patchify_runs_on_numpy2():
     np.testing.assert_array_equal(patchify.unpatchify(p, img.shape), img)
 
 
-@pytest.mark.parametrize("pad_mode", ["zero", "reflect"])
-@pytest.mark.parametrize("seed", range(4))
-def test_grid_roundtrip_random_shapes(pad_mode, seed):
-    rng = np.random.default_rng(seed)
-    h, w, c = int(rng.integers(5, 70)), int(rng.integers(5, 70)), int(rng.choice([1, 3]))
-    patch = int(rng.choice([8, 16, 32]))
-    img = rng.random((h, w, c)).astype(np.float32)
-    patches, padded = grid_patches(img, patch, pad_mode)
-    assert patches.shape == (-(-h // patch), -(-w // patch), patch, patch, c)
-    assert padded == (patches.shape[0] * patch, patches.shape[1] * patch)
-    np.testing.assert_array_equal(patches[0, 0], img[:patch, :patch] if h >= patch and w >= patch else patches[0, 0])
-    np.testing.assert_array_equal(grid_unpatch(patches, (h, w)), img)
-
-
 @pytest.mark.parametrize("seed", range(6))
 def test_overlapping_tiles_exact_inverse(seed):
     rng = np.random.default_rng(100 + seed)
@@ -47,7 +32,9 @@ def test_overlapping_tiles_exact_inverse(seed):
     assert tiles.shape == (len(origins), tile, tile, 2)
     ys = sorted({y for y, _ in origins})
     assert ys[0] == 0 and ys[-1] == h - tile and all(b - a <= tile - overlap for a, b in zip(ys, ys[1:]))
-    np.testing.assert_allclose(stitch_tiles(tiles, origins, (h, w), overlap), img, rtol=1e-5, atol=1e-6)
+    acc = TileAccumulator((h, w, 2), blend_window(tile, overlap))
+    acc.add(tiles, origins)
+    np.testing.assert_allclose(acc.result(), img, rtol=1e-5, atol=1e-6)
 
 
 def test_axis_origins_and_window():

@@ -6,11 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cellseg_tf.callbacks import read_state
+from cellseg_tf.training.callbacks import read_state
 from cellseg_tf.cli import main
-from cellseg_tf.config import TrainConfig
-from cellseg_tf.training import (encoder_layers, fine_tune_frozen, plan_phases, precision_policy,
-                                 resolve_mixed_precision, set_trainable, train)
+from cellseg_tf.training.config import TrainConfig
+from cellseg_tf.training.engine import plan_phases, precision_policy, resolve_mixed_precision, train
 
 STEPS = 2
 
@@ -79,7 +78,8 @@ def test_resume_without_state_is_a_clear_error(tmp_path, tiny_manifest):
 
 @pytest.fixture
 def nested_encoder_model():
-    """Registers a tiny model whose encoder is a nested sub-model named 'encoder' (zoo-style); removed after."""
+    """Registers a tiny model whose encoder is a nested sub-model named 'encoder' (zoo-style) with two blocks,
+    [e_conv1] and [e_bn, e_conv2] (a block ends at each encoder output); removed after."""
     from keras import layers
 
     from cellseg_tf.models import MODEL_REGISTRY, register_model
@@ -87,12 +87,13 @@ def nested_encoder_model():
     @register_model("_test_nested_encoder", stride=lambda **_: 1)
     def build(input_shape=(None, None, 1), **_):
         enc_in = keras.Input(input_shape)
-        e = layers.Conv2D(4, 3, padding="same", name="e_conv1")(enc_in)
-        e = layers.BatchNormalization(name="e_bn")(e)
+        skip = layers.Conv2D(4, 3, padding="same", name="e_conv1")(enc_in)
+        e = layers.BatchNormalization(name="e_bn")(skip)
         e = layers.Conv2D(4, 3, padding="same", activation="relu", name="e_conv2")(e)
-        encoder = keras.Model(enc_in, e, name="encoder")
+        encoder = keras.Model(enc_in, [skip, e], name="encoder")
         inp = keras.Input(input_shape)
-        x = layers.Conv2D(4, 3, padding="same", activation="relu", name="dec_conv")(encoder(inp))
+        x = layers.Concatenate(name="dec_concat")(encoder(inp))
+        x = layers.Conv2D(4, 3, padding="same", activation="relu", name="dec_conv")(x)
         return keras.Model(inp, layers.Conv2D(1, 1, activation="sigmoid", dtype="float32", name="head")(x))
 
     yield "_test_nested_encoder"
@@ -119,10 +120,10 @@ class WeightRecorder(keras.callbacks.Callback):
                 "dec_conv": self.model.get_layer("dec_conv").get_weights()[0].copy()}
 
 
-def test_freeze_then_fine_tune_top_encoder_layer_at_lower_lr(tiny_manifest, tmp_path, nested_encoder_model):
+def test_freeze_then_fine_tune_deepest_encoder_block_at_lower_lr(tiny_manifest, tmp_path, nested_encoder_model):
     rec = WeightRecorder()
     config = tiny_config(tiny_manifest, tmp_path / "run", model=nested_encoder_model, model_options={}, epochs=2,
-                         freeze_encoder_epochs=1, fine_tune_layers=1, fine_tune_lr_factor=0.1, learning_rate=1e-2,
+                         freeze_encoder_epochs=1, unfreeze_blocks=1, fine_tune_lr_factor=0.1, learning_rate=1e-2,
                          checkpoint_every_epoch=True)
     result = train(config, callbacks=[rec])
     start, after_frozen, after_tune = rec.snapshots
@@ -130,8 +131,9 @@ def test_freeze_then_fine_tune_top_encoder_layer_at_lower_lr(tiny_manifest, tmp_
     assert same(start, after_frozen, "e_conv1") and same(start, after_frozen, "e_conv2")
     assert same(start, after_frozen, "e_bn")
     assert not same(start, after_frozen, "dec_conv")
-    assert not same(after_frozen, after_tune, "e_conv2")       # deepest encoder layer unfrozen
-    assert same(after_frozen, after_tune, "e_conv1") and same(after_frozen, after_tune, "e_bn")  # rest stays frozen
+    assert not same(after_frozen, after_tune, "e_conv2")       # deepest encoder block unfrozen...
+    assert same(after_frozen, after_tune, "e_conv1")           # ...the shallower block stays frozen
+    assert same(after_frozen, after_tune, "e_bn")              # and so does BatchNorm in the unfrozen block
     np.testing.assert_allclose(result.history["learning_rate"], [1e-2, 1e-3], rtol=1e-5)
     assert read_state(tmp_path / "run")["phase"] == "fine_tune"
     run = tmp_path / "run"
@@ -141,7 +143,7 @@ def test_freeze_then_fine_tune_top_encoder_layer_at_lower_lr(tiny_manifest, tmp_
 @pytest.fixture
 def flat_val_dice(monkeypatch):
     """Every Dice metric reports 0.5: val_dice never improves after the first epoch."""
-    from cellseg_tf.metrics import DiceMetric
+    from cellseg_tf.training.metrics import DiceMetric
 
     monkeypatch.setattr(DiceMetric, "result", lambda self: keras.ops.convert_to_tensor(0.5, "float32"))
 
@@ -209,33 +211,45 @@ def test_tensorboard_without_the_package_is_a_clear_error(tiny_manifest, tmp_pat
         assert list((result.run_dir / "tensorboard").rglob("events.out.tfevents.*"))
 
 
-def test_encoder_layers_of_unet_are_the_enc_blocks():
-    from cellseg_tf.models import build_model
-
-    model = build_model("unet", input_shape=(32, 32, 1), base_filters=4, depth=2)
-    enc = encoder_layers(model, TrainConfig().encoder_layers)
-    names = [l.name for l in enc]
-    assert names and all(n.startswith("enc") for n in names)
-    assert {"enc0_a_conv", "enc1_b_bn"} <= set(names)
-    kept = [l.name for l in fine_tune_frozen(enc, 2)]
-    assert "enc1_b_conv" not in kept and "enc1_a_conv" not in kept and "enc1_b_bn" in kept and "enc0_a_conv" in kept
+def test_phases_follow_freeze_encoder_epochs():
     assert [p.name for p in plan_phases(TrainConfig(epochs=5, freeze_encoder_epochs=2))] == ["frozen", "fine_tune"]
+    assert [(p.start, p.end) for p in plan_phases(TrainConfig(epochs=5, freeze_encoder_epochs=2))] == [(0, 2), (2, 5)]
+    assert [p.name for p in plan_phases(TrainConfig(epochs=5, freeze_encoder_epochs=9))] == ["frozen"]
     assert [p.name for p in plan_phases(TrainConfig(epochs=5))] == ["train"]
 
 
-def test_fine_tune_selection_on_a_zoo_encoder_model():
-    from cellseg_tf.models import available_models, build_model
+def test_unet_fine_tunes_its_deepest_enc_level(tiny_manifest, tmp_path):
+    """The U-Net's encoder blocks are its enc<level> layers: frozen for one epoch, then only the deepest level (and
+    the decoder) changes; the fine-tuned model's flags survive in last.keras."""
+    run = tmp_path / "run"
+    config = tiny_config(tiny_manifest, run, epochs=2, freeze_encoder_epochs=1, unfreeze_blocks=1,
+                         checkpoint_every_epoch=True, learning_rate=1e-2)
+    train(config)
+    first, second = (keras.models.load_model(run / "epochs" / f"epoch_00{i}.keras") for i in (1, 2))
+    changed = {l.name: any(not np.array_equal(a, b) for a, b in zip(l.get_weights(), second.get_layer(l.name)
+                                                                      .get_weights()))
+               for l in first.layers if l.weights}
+    assert changed["enc1_a_conv"] and changed["enc1_b_conv"] and changed["dec0_a_conv"]
+    assert not changed["enc0_a_conv"] and not changed["enc0_b_conv"] and not changed["enc1_a_bn"]
+    assert second.get_layer("enc1_a_conv").trainable and not second.get_layer("enc0_a_conv").trainable
 
-    if "mobilenetv2_unet" not in available_models():
-        pytest.skip("model zoo encoder models not available")
-    model = build_model("mobilenetv2_unet", input_shape=(32, 32, 1), encoder_weights=None, encoder_freeze=False)
-    enc = encoder_layers(model, TrainConfig().encoder_layers)  # found by the nested '*_encoder' sub-model name
-    assert len(enc) > 50 and not any(l.name.startswith(("dec", "head")) for l in enc)
-    set_trainable(model, fine_tune_frozen(enc, 3))
-    unfrozen = [l for l in enc if l.trainable]
-    assert len(unfrozen) == 3 and unfrozen[-1] is enc[-1 if not isinstance(enc[-1], keras.layers.BatchNormalization)
-                                                     else -2]
-    assert model.get_layer("head_logits").trainable
+
+def test_unfreeze_blocks_beyond_the_encoder_is_a_clear_error(tiny_manifest, tmp_path):
+    config = tiny_config(tiny_manifest, tmp_path / "run", epochs=2, freeze_encoder_epochs=1, unfreeze_blocks=5)
+    with pytest.raises(ValueError, match="unfreeze_blocks must be 0..2"):
+        train(config)
+    assert not (tmp_path / "run" / "history.csv").exists()      # failed before the first epoch, not after it
+
+
+def test_a_config_with_the_old_fine_tune_keys_still_trains(tiny_manifest, tmp_path):
+    data = {**tiny_config(tiny_manifest, tmp_path / "run", epochs=2, freeze_encoder_epochs=1).to_dict(),
+            "fine_tune_layers": 0, "encoder_layers": ["enc*"]}
+    data.pop("unfreeze_blocks")
+    with pytest.warns(FutureWarning, match="fine_tune_layers|encoder_layers"):
+        config = TrainConfig.from_dict(data)
+    assert config.unfreeze_blocks == "all"
+    result = train(config)
+    assert len(result.history["loss"]) == 2 and read_state(tmp_path / "run")["phase"] == "fine_tune"
 
 
 def test_precision_policy_sets_and_restores_even_on_error():
@@ -251,9 +265,9 @@ def test_precision_policy_sets_and_restores_even_on_error():
 
 
 def test_mixed_precision_compile_wraps_loss_scaling_and_outputs_float32():
-    from cellseg_tf.losses import get_loss
+    from cellseg_tf.training.losses import get_loss
     from cellseg_tf.models import build_model
-    from cellseg_tf.schedules import build_optimizer
+    from cellseg_tf.training.schedules import build_optimizer
 
     with precision_policy(True):
         model = build_model("unet", input_shape=(32, 32, 1), base_filters=4, depth=2)
@@ -280,10 +294,41 @@ def test_mixed_precision_run_resumes_with_loss_scale_state(tiny_manifest, tmp_pa
 def test_strategy_selection_on_cpu():
     import tensorflow as tf
 
-    from cellseg_tf.distribute import select_strategy, strategy_name
+    from cellseg_tf.training.distribute import select_strategy, strategy_name
 
     assert strategy_name(select_strategy("auto")) == "default"
     mirrored = select_strategy("mirrored")
     assert isinstance(mirrored, tf.distribute.MirroredStrategy) and mirrored.num_replicas_in_sync >= 1
     with pytest.raises(ValueError, match="unknown strategy"):
         select_strategy("gpu-please")
+
+
+@pytest.fixture(scope="module")
+def label_manifest(tmp_path_factory):
+    """4 synthetic images whose masks are 16-bit instance-label PNGs (touching nuclei), 3 train / 1 val."""
+    from cellseg_tf.data.io import write_png, write_tiff
+    from cellseg_tf.data.manifest import write_manifest
+    from cellseg_tf.data.synthetic import nuclei_image
+
+    root, rng, rows = tmp_path_factory.mktemp("labels"), np.random.default_rng(0), []
+    for i, split in enumerate(["train", "train", "train", "val"]):
+        image, labels = nuclei_image((64, 64), n_nuclei=10, radius=(4, 8), rng=rng)
+        mask = np.where(labels > 0, labels + 300, 0).astype(np.uint16)
+        rows.append({"image": str(write_tiff(root / f"i{i}.tif", image)), "mask": str(write_png(root / f"m{i}.png", mask)),
+                     "split": split})
+    return write_manifest(root / "manifest.csv", rows)
+
+
+def test_label_masks_train_a_two_channel_distance_model_and_resume(label_manifest, tmp_path):
+    from cellseg_tf.models import target_kind
+
+    run = tmp_path / "run"
+    result = train(tiny_config(label_manifest, run, epochs=2, augmentation="default"))   # target: auto
+    assert result.target == "distance" and read_state(run)["target"] == "distance"
+    best = keras.models.load_model(result.best_model, safe_mode=True)
+    assert target_kind(best) == "distance" and best.output.shape[-1] == 2
+    assert np.isfinite(result.history["val_dice"]).all() and len(result.history["loss"]) == 2
+    resumed = train(tiny_config(label_manifest, run, epochs=3, augmentation="default"), resume=True)
+    assert resumed.target == "distance" and len(resumed.history["loss"]) == 3
+    with pytest.raises(ValueError, match="TrainConfig.target"):
+        train(tiny_config(label_manifest, tmp_path / "bad", target="contour", model_options={"out_channels": 2}))

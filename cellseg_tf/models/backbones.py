@@ -13,6 +13,7 @@ from typing import Sequence, Union
 
 import keras
 
+from .freezing import set_encoder_trainable
 from .layers import ChannelRepeat, ImageNetPreprocess
 
 LayerRef = Union[str, int]
@@ -91,39 +92,25 @@ def _layer(base: keras.Model, ref: LayerRef):
 
 def build_encoder(name: str, input_shape: tuple = (None, None, 3), weights=None,
                   skips: Sequence[LayerRef] | None = None,
-                  bridge: LayerRef | None = None, freeze: bool = True, unfreeze_blocks: int = 0,
-                  train_bn: bool = False) -> keras.Model:
+                  bridge: LayerRef | None = None, trainable: int | str = 0) -> keras.Model:
     """Multi-output encoder `{name}_encoder`: preprocessed (B, H, W, 3) -> [skip_1, ..., skip_n, bridge].
 
-    Frozen by default. The encoder is split into n+1 blocks at its skip layers; `unfreeze_blocks=k` makes the
-    deepest k blocks trainable for fine-tuning (their BatchNorm layers stay frozen unless `train_bn`).
-    `freeze=False` makes the whole encoder trainable.
+    `trainable` (0 = frozen, the default | k deepest blocks | "all") is applied by
+    `freezing.set_encoder_trainable`; the blocks end at the skip layers (skip 1 | ... | skip n | bridge).
     """
     spec = get_backbone(name)
     base = build_backbone(name, input_shape, weights)
     refs = list(spec.skips if skips is None else skips) + [spec.bridge if bridge is None else bridge]
     outs = [_layer(base, r) for r in refs]
     encoder = keras.Model(base.inputs, [layer.output for layer in outs], name=f"{name}_encoder")
-    n_blocks = len(refs)
-    if not 0 <= unfreeze_blocks <= n_blocks:
-        raise ValueError(f"unfreeze_blocks must be in [0, {n_blocks}] for {name}, got {unfreeze_blocks}")
-    if not freeze:
-        return encoder
-    # block index of every layer: layers up to and including skip i belong to block i
-    ends = [encoder.layers.index(layer) for layer in outs]
-    first_trainable_block = n_blocks - unfreeze_blocks
-    block = 0
-    for i, layer in enumerate(encoder.layers):
-        while block < n_blocks - 1 and i > ends[block]:
-            block += 1
-        is_bn = isinstance(layer, keras.layers.BatchNormalization)
-        layer.trainable = block >= first_trainable_block and (train_bn or not is_bn)
+    set_encoder_trainable(encoder, trainable)
     return encoder
 
 
 def encoder_features(inputs, name: str, weights=None, **encoder_options) -> list:
     """Apply backbone `name` to model inputs (B, H, W, 1|3) in [0, 1]: grey is repeated to RGB and the backbone's
-    own preprocessing runs inside the model. Returns [skip_1, ..., skip_n, bridge] tensors (shallow -> deep)."""
+    own preprocessing runs inside the model. Returns [skip_1, ..., skip_n, bridge] tensors (shallow -> deep).
+    `encoder_options`: skips, bridge, trainable (see `build_encoder`)."""
     spec = get_backbone(name)
     h, w, c = inputs.shape[1:]
     if c not in (1, 3):

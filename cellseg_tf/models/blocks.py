@@ -6,8 +6,10 @@ All blocks take and return (B, H, W, C) tensors; `name` prefixes every layer so 
 from __future__ import annotations
 
 import keras
+import numpy as np
 from keras import layers
 
+from .heads import target_head
 from .layers import ResizeLike
 
 NORMALIZATIONS = ("batch", "instance")
@@ -33,7 +35,8 @@ def conv_bn_relu(x, filters: int, name: str, kernel_size: int = 3, conv_cls=laye
 
 def double_conv(x, filters: int, name: str, dropout: float = 0.0, conv_cls=layers.Conv2D, norm: str = "batch",
                 kernel_regularizer=None):
-    """Seed 001 DoubleConv: (conv, BN, ReLU, dropout) ×2; dropout layers only when `dropout` > 0."""
+    """DoubleConv of the U-Net (Ronneberger et al. 2015; dropout after each conv as in Henrion et al. 2025):
+    (conv, BN, ReLU, dropout) ×2; dropout layers only when `dropout` > 0."""
     kw = dict(conv_cls=conv_cls, norm=norm, kernel_regularizer=kernel_regularizer)
     for part in ("a", "b"):
         x = conv_bn_relu(x, filters, f"{name}_{part}", **kw)
@@ -43,7 +46,7 @@ def double_conv(x, filters: int, name: str, dropout: float = 0.0, conv_cls=layer
 
 
 def attention_gate(x, g, inter_filters: int, name: str, gating_stride: int = 1, kernel_regularizer=None):
-    """Additive attention gate (Oktay et al. 2018; seed 002 eq. 1): returns x · ψ and ψ.
+    """Additive attention gate (Oktay et al. 2018; Das et al. 2025, eq. 1): returns x · ψ and ψ.
 
     x: (B, H, W, Cx) skip features; g: (B, H/s, W/s, Cg) gating (decoder) features, s = `gating_stride` (1 when g
     was already upsampled to the skip's size, 2 for the original coarse gating). ψ = σ(ψ-conv(ReLU(θx + φg))) is
@@ -61,9 +64,15 @@ def attention_gate(x, g, inter_filters: int, name: str, gating_stride: int = 1, 
 
 
 def instance_activation(x, name: str, norm: str = "batch", kernel_regularizer=None):
-    """Seed 002 Model-3 'Instance Activation' module: x + ReLU(norm(conv1×1(x))), same shape as x."""
+    """'Instance Activation' (IA) module of Das et al. 2025: x + ReLU(norm(conv1×1(x))), same shape as x."""
     y = conv_bn_relu(x, x.shape[-1], name, kernel_size=1, norm=norm, kernel_regularizer=kernel_regularizer)
     return layers.Add(name=f"{name}_residual")([x, y])
+
+
+def linear_rates(bounds, n: int) -> list[float]:
+    """n dropout rates linearly from bounds[0] (deepest block) to bounds[1] (shallowest); a float gives n equal ones."""
+    lo, hi = (bounds, bounds) if np.isscalar(bounds) else bounds
+    return [float(r) for r in np.linspace(lo, hi, n)]
 
 
 def align_to(x, ref, name: str):
@@ -83,10 +92,10 @@ def upsample(x, filters: int, name: str, mode: str = "bilinear", kernel_size: in
     raise ValueError(f"upsampling must be bilinear, nearest or transpose, got {mode!r}")
 
 
-def sigmoid_head(x, name: str = "head"):
-    """1×1 conv to one logit, sigmoid in float32 (safe under mixed_float16)."""
-    x = layers.Conv2D(1, 1, name=f"{name}_logits")(x)
-    return layers.Activation("sigmoid", dtype="float32", name=f"{name}_sigmoid")(x)
+def sigmoid_head(x, name: str = "head", out_channels: int | None = None, target: str | None = None):
+    """1×1 conv to K logits, sigmoid in float32 (safe under mixed_float16) in a `heads.TargetHead` that records the
+    target kind; K = 1 (binary) unless `out_channels` / `target` ask for an instance target (`heads.head_kind`)."""
+    return target_head(x, name, out_channels, target)
 
 
 def image_input(input_shape: tuple, name: str = "image"):

@@ -19,7 +19,7 @@ PREPROCESS_MODES = ("caffe", "torch", "tf", "raw255", "raw255_std_fix", "none")
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class WSConv2D(layers.Conv2D):
-    """Conv2D with weight standardisation (Qiao et al. 2019; seed 000 Fig. 1 "WSConv").
+    """Conv2D with weight standardisation (Qiao et al. 2019; the "WSConv" of Chen et al. 2025, Fig. 1).
 
     Each output filter's kernel is standardised to zero mean / unit variance over (kh, kw, C_in) before the
     convolution, which smooths the loss landscape for small-batch training. With `scaled=True` (default) it is then
@@ -146,4 +146,24 @@ class ResizeLike(layers.Layer):
         return {**super().get_config(), "interpolation": self.interpolation}
 
 
-__all__ = ["WSConv2D", "ChannelRepeat", "ImageNetPreprocess", "ResizeLike", "PREPROCESS_MODES"]
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class SelectChannel(layers.Layer):
+    """(B, H, W, K) -> (B, H, W, 1) float32: channel `channel` of a map, e.g. the foreground probability of a
+    2-class softmax model from elsewhere (`models.loading.as_segmentation_model`)."""
+
+    def __init__(self, channel: int = 1, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+        self.channel = int(channel)
+
+    def call(self, x):
+        return ops.cast(x[..., self.channel:self.channel + 1], "float32")
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (1,)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "channel": self.channel}
+
+
+__all__ = ["WSConv2D", "ChannelRepeat", "ImageNetPreprocess", "ResizeLike", "SelectChannel", "PREPROCESS_MODES"]

@@ -1,4 +1,5 @@
-"""Classic U-Net (seed 001; Ronneberger et al. 2015): DoubleConv encoder/decoder, bilinear upsampling, concat skips.
+"""Classic U-Net (Ronneberger et al. 2015, as rebuilt by Henrion et al. 2025): DoubleConv encoder/decoder,
+bilinear upsampling, concat skips.
 
 `base_filters` 16 is our CPU-friendly default (64 = paper). Depth d halves the resolution d times: stride 2**d.
 """
@@ -17,8 +18,10 @@ def _stride(depth: int = 4, **_) -> int:
 
 @register_model("unet", stride=_stride)
 def build_unet(input_shape: tuple = (None, None, 1), base_filters: int = 16, depth: int = 4, dropout: float = 0.0,
-               upsampling: str = "bilinear", name: str = "unet") -> keras.Model:
-    """(B, H, W, C) -> (B, H, W, 1) float32 probabilities. Filters double per level up to base·2**depth."""
+               upsampling: str = "bilinear", name: str = "unet", out_channels: int | None = None,
+               target: str | None = None) -> keras.Model:
+    """(B, H, W, C) -> (B, H, W, K) float32 probabilities. Filters double per level up to base·2**depth.
+    `out_channels` / `target`: the output head (1 channel binary, or 2 for an instance target; `heads.head_kind`)."""
     if upsampling not in ("bilinear", "nearest", "transpose"):
         raise ValueError(f"upsampling must be bilinear, nearest or transpose, got {upsampling!r}")
     inputs = image_input(input_shape)
@@ -36,4 +39,4 @@ def build_unet(input_shape: tuple = (None, None, 1), base_filters: int = 16, dep
             x = layers.UpSampling2D(2, interpolation=upsampling, name=f"up{level}")(x)
         x = layers.Concatenate(name=f"skip{level}")([x, skips[level]])
         x = double_conv(x, filters, f"dec{level}", dropout)
-    return keras.Model(inputs, sigmoid_head(x), name=name)
+    return keras.Model(inputs, sigmoid_head(x, out_channels=out_channels, target=target), name=name)

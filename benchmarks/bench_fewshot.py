@@ -1,0 +1,216 @@
+"""Few-shot adaptation, leave one dataset out, over the real sets in ../shared/data (one run, one machine).
+
+For every target set T (a set with train and test rows):
+  * extractors: one model (`--extractor-model`, default the paper's `msd`) per OTHER set, trained on that set's
+    train rows for `--extractor-minutes` (each set's extractor is trained once per run and reused for every target);
+  * few-shot: for K in `--shots` (1, 3, 5, 10; K <= T's train rows) and `--draws` seeded draws of K support images
+    from T's train split, `cellseg_tf.fewshot.adapt` on the other sets' extractors; the test split is predicted with
+    the logistic-regression weights and with the BFGS-on-Dice weights (reported separately) through the package's
+    ordinary predictor and scored with its evaluation;
+  * reference (a): a U-Net (package defaults) trained from scratch on the same K images for the wall-clock time
+    that adaptation took;
+  * reference (b): the package's full training (U-Net, defaults) on all of T's train rows for `--minutes`.
+Dice is the mean over T's test images per draw; tables give the median and quartiles over draws, and adaptation
+seconds. Rows go to OUT/results.csv, the table to OUT/summary.csv; the last lines check the goals (5 shots >= 80 %
+of full training on >= 3 sets, each adaptation <= 60 s, BFGS never below logistic, both above reference (a)).
+
+    python benchmarks/bench_fewshot.py [--minutes 12] [--targets isbi2012_em,...] [--quick] [--out runs/bench_fewshot]
+
+--quick: K in {1, 3}, 2 draws, 64 px patches (with a small --minutes, a smoke test of the whole pipeline whose
+numbers mean nothing).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from cellseg_tf.analysis.evaluation import evaluate_folder  # noqa: E402
+from cellseg_tf.common.files import atomic_path, write_text_atomic  # noqa: E402
+from cellseg_tf.data.io import open_manifest  # noqa: E402
+from cellseg_tf.data.manifest import select, write_manifest  # noqa: E402
+from cellseg_tf.fewshot import AdaptConfig, adapt  # noqa: E402
+from cellseg_tf.fewshot.support import draw_support  # noqa: E402
+from cellseg_tf.predict.batch_predict import predict_batch  # noqa: E402
+from cellseg_tf.predict.options import BatchOptions  # noqa: E402
+from cellseg_tf.training.config import TrainConfig  # noqa: E402
+from cellseg_tf.training.engine import train  # noqa: E402
+
+GOAL_SHOTS, GOAL_RATIO, GOAL_SECONDS = 5, 0.8, 60.0
+
+
+def datasets(root: Path) -> dict[str, Path]:
+    """Name -> manifest of every set under `root`."""
+    return {p.parent.name: p for p in sorted(root.glob("*/manifest.csv"))}
+
+
+def test_dice(model: Path, test, out: Path) -> float:
+    """Mean Dice of `model` over the test rows, through the package's predictor and evaluation."""
+    predict_batch([s.image for s in test], [str(model)], out, BatchOptions(progress=False, overwrite=True))
+    return float(evaluate_folder(out, test, verbose=False)["dice"].mean())
+
+
+def train_model(manifest: Path, out: Path, model: str, seconds: float, args, samples=None, **options) -> Path:
+    """best.keras of a package training run of `model` for `seconds` (defaults otherwise)."""
+    config = TrainConfig(manifest=str(manifest), out=str(out), model=model, patch_size=args.patch_size,
+                         batch_size=args.batch_size, time_budget_s=max(seconds, 1.0), seed=args.seed, verbose=0,
+                         model_options=options)
+    return train(config, samples).best_model
+
+
+def support_manifest(rows, out: Path) -> Path:
+    """A manifest of just the K support rows (train), for reference (a)."""
+    return write_manifest(out, [{"image": s.image, "mask": s.mask, "split": "train"} for s in rows])
+
+
+def summarize(results: pd.DataFrame) -> pd.DataFrame:
+    """Median / quartiles of per-draw Dice per target, K and method; full-training Dice and adaptation seconds."""
+    rows = []
+    full = results[results.method == "full"].set_index("target")["dice"]
+    for (target, shots), group in results[results.method != "full"].groupby(["target", "shots"]):
+        row = {"target": target, "shots": int(shots), "full": float(full.get(target, np.nan))}
+        for method, g in group.groupby("method"):
+            q1, med, q3 = np.percentile(g["dice"], [25, 50, 75])
+            row.update({f"{method}_median": med, f"{method}_q1": q1, f"{method}_q3": q3})
+        seconds = group[group.method == "bfgs"]["seconds"]
+        row.update({"adapt_s_median": float(seconds.median()), "adapt_s_max": float(seconds.max())})
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    if len(table):
+        table["bfgs_over_full"] = table["bfgs_median"] / table["full"]
+    return table
+
+
+def goal_lines(results: pd.DataFrame, table: pd.DataFrame) -> list[str]:
+    few = results[results.method.isin(["logistic", "bfgs"])]
+    at5 = table[table.shots == GOAL_SHOTS]
+    paired = few.pivot_table(index=["target", "shots", "draw"], columns="method", values="dice")
+    vs_scratch = results.pivot_table(index=["target", "shots", "draw"], columns="method", values="dice")
+    lines = [
+        f"goal 5-shot >= {GOAL_RATIO:.0%} of full training: {int((at5.bfgs_over_full >= GOAL_RATIO).sum())}/"
+        f"{len(at5)} sets (want >= 3 of 4)" if len(at5) else "goal 5-shot ratio: not measured (no K=5 runs)",
+        f"goal adaptation <= {GOAL_SECONDS:.0f} s: max {few['seconds'].max():.1f} s",
+        f"goal BFGS >= logistic: {int((paired['bfgs'] >= paired['logistic'] - 1e-9).sum())}/{len(paired)} draws; "
+        f"median gain {float((paired['bfgs'] - paired['logistic']).median()):+.4f}",
+    ]
+    if "scratch" in vs_scratch:
+        for method in ("logistic", "bfgs"):
+            wins = int((vs_scratch[method] > vs_scratch["scratch"]).sum())
+            lines.append(f"goal {method} > scratch U-Net (same K, same time): {wins}/{len(vs_scratch)} draws")
+    return lines
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
+    ap.add_argument("--out", default=str(ROOT / "runs" / "bench_fewshot"))
+    ap.add_argument("--targets", help="comma-separated target sets (default: every set with train and test rows)")
+    ap.add_argument("--shots", help="comma-separated K (default 1,3,5,10; --quick: 1,3)")
+    ap.add_argument("--draws", type=int, help="seeded support draws per K (default 5; --quick: 2)")
+    ap.add_argument("--minutes", type=float, default=12.0, help="full-training reference (b), per target")
+    ap.add_argument("--extractor-minutes", type=float, help="training time per extractor (default: --minutes)")
+    ap.add_argument("--extractor-model", default="msd")
+    ap.add_argument("--extractor-depth", type=int, help="MSD depth (default: the model's)")
+    ap.add_argument("--patch-size", type=int, help="training patch = extractor input size (default 128; --quick: 64)")
+    ap.add_argument("--batch-size", type=int, help="training batch (default 8; --quick: 4)")
+    ap.add_argument("--max-pixels", type=int, help="adaptation pixel cap (default: the package's)")
+    ap.add_argument("--skip-scratch", action="store_true", help="leave out reference (a)")
+    ap.add_argument("--quick", action="store_true", help="smoke test: K 1,3, 2 draws, 64 px patches")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    defaults = {"shots": "1,3", "draws": 2, "patch_size": 64, "batch_size": 4} if args.quick else \
+        {"shots": "1,3,5,10", "draws": 5, "patch_size": 128, "batch_size": 8}
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    ext_minutes = args.extractor_minutes if args.extractor_minutes is not None else args.minutes
+    shots = [int(k) for k in args.shots.split(",")]
+    out = Path(args.out)
+    sets = datasets(Path(args.data))
+    if len(sets) < 2:
+        raise SystemExit(f"{args.data}: need at least two datasets with a manifest.csv, found {list(sets)}")
+    samples = {name: open_manifest(m) for name, m in sets.items()}
+    targets = args.targets.split(",") if args.targets else list(sets)
+    for name in targets:
+        if name not in sets:
+            raise SystemExit(f"unknown target {name!r}; sets: {', '.join(sets)}")
+    ext_options = {"depth": args.extractor_depth} if args.extractor_depth else {}
+
+    t_start = time.perf_counter()
+    extractors: dict[str, Path] = {}
+    results, skipped = [], []
+    for target in targets:
+        train_rows, test = select(samples[target], "train"), [s for s in select(samples[target], "test") if s.mask]
+        if not train_rows or not test:
+            skipped.append(f"{target}: {len(train_rows)} train / {len(test)} test rows, needs both")
+            continue
+        for source in sets:                                       # extractors of the other sets, trained once
+            if source != target and source not in extractors:
+                t = time.perf_counter()
+                extractors[source] = train_model(sets[source], out / "extractors" / source, args.extractor_model,
+                                                 ext_minutes * 60, args, samples[source], **ext_options)
+                print(f"extractor {args.extractor_model} on {source}: {time.perf_counter() - t:.0f} s", flush=True)
+        sources = [str(extractors[s]) for s in sets if s != target]
+        full = train_model(sets[target], out / "full" / target, "unet", args.minutes * 60, args, samples[target])
+        results.append({"target": target, "shots": len(train_rows), "draw": -1, "seed": -1, "method": "full",
+                        "dice": test_dice(full, test, out / "pred" / target / "full"),
+                        "seconds": args.minutes * 60})
+        print(f"{target}: full training {results[-1]['dice']:.4f}", flush=True)
+        for k in [k for k in shots if k <= len(train_rows)]:
+            for draw in range(args.draws):
+                seed = args.seed + draw
+                tag = f"k{k}_s{seed}"
+                config = AdaptConfig(extractors=sources, support=str(sets[target]), shots=k, seed=seed,
+                                     out=str(out / "adapted" / target / f"{tag}.keras"), verbose=0)
+                if args.max_pixels:
+                    config.max_pixels = args.max_pixels
+                result = adapt(config)
+                seconds = result.report["seconds"]["total"]
+                row = {"target": target, "shots": k, "draw": draw, "seed": seed, "seconds": seconds}
+                for method in ("logistic", "bfgs"):
+                    path = out / "adapted" / target / f"{tag}_{method}.keras"
+                    with atomic_path(path) as tmp:
+                        result.model_with(method).save(tmp)
+                    dice = test_dice(path, test, out / "pred" / target / f"{tag}_{method}")
+                    results.append({**row, "method": method, "dice": dice})
+                line = (f"{target} K={k} seed={seed}: logistic {results[-2]['dice']:.4f} bfgs {results[-1]['dice']:.4f}"
+                        f" ({seconds:.1f} s, lambda {result.report['lambda']:g})")
+                if not args.skip_scratch:
+                    support, _ = draw_support(sets[target], k, seed)        # the rows adapt() used
+                    manifest = support_manifest(support, out / "scratch" / target / tag / "manifest.csv")
+                    model = train_model(manifest, out / "scratch" / target / tag / "run", "unet", seconds, args)
+                    dice = test_dice(model, test, out / "pred" / target / f"{tag}_scratch")
+                    results.append({**row, "method": "scratch", "dice": dice})
+                    line += f" scratch {dice:.4f}"
+                print(line, flush=True)
+                write_text_atomic(out / "results.csv", pd.DataFrame(results).to_csv(index=False))
+
+    frame = pd.DataFrame(results)
+    for reason in skipped:
+        print(f"skipped target {reason}")
+    if frame.empty:
+        print("no target could be run")
+        return 1
+    table = summarize(frame)
+    write_text_atomic(out / "results.csv", frame.to_csv(index=False))
+    write_text_atomic(out / "summary.csv", table.to_csv(index=False))
+    with pd.option_context("display.width", 200, "display.max_columns", 30, "display.precision", 4):
+        print(table.to_string(index=False))
+    for line in goal_lines(frame, table):
+        print(line)
+    print(f"total_minutes={(time.perf_counter() - t_start) / 60:.1f} out={out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Analysis stage: evaluation against masks, per-cell morphometry, statistics over evaluation reports."""

@@ -1,0 +1,1 @@
+"""Data stage: manifest, readers, normalisation, tiling, augmentation, patch sampling, tf.data pipelines."""

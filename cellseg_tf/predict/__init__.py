@@ -1,0 +1,1 @@
+"""Prediction stage: the ensemble voter, the tiled predictor, cells from maps, the batch job over many images."""

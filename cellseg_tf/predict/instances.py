@@ -1,0 +1,402 @@
+"""Cells from predicted maps, and instance scores: the one home of object labelling in the package.
+
+Labelling (`labels_from_maps`): a model's maps (channel 0 = foreground probability; channel 1 = cell-boundary
+probability for "contour" targets or normalised distance to the cell border for "distance" targets) become an
+(H, W) int32 label image: connected components (binary), or a seeded watershed (scikit-image) from cell cores
+(contour, distance); holes filled, small objects dropped, ids renumbered. `InstanceParams` holds the knobs and is
+saved as RUN/instances.yaml by the validation grid search (`tuning`).
+
+Scoring: IoU-based matching of objects, instance P/R/F1 and mAP@0.5:0.95. Label images are (H, W) integer arrays: 0 = background, every other value one object (values need
+not be consecutive). Matching follows StarDist's `matching` (Schmidt et al. 2018): a one-to-one assignment that first
+maximises the number of pairs with IoU >= threshold and, among those, the summed IoU (Hungarian algorithm via
+scipy.optimize.linear_sum_assignment). For thresholds >= 0.5 the matching is unique anyway (an object can overlap at
+most one other object by more than half of their union).
+
+Empty-image convention (same as the pixel metrics): a ratio whose denominator is 0 is 1.0, so an image with no true
+and no predicted object scores precision = recall = F1 = AP = 1.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+
+from ..common.files import write_text_atomic
+from ..data.targets import TARGETS
+
+MAP_THRESHOLDS = tuple(np.round(np.arange(0.5, 1.0, 0.05), 2))  # 0.50, 0.55, ..., 0.95
+
+
+def _ratio(num: float, den: float) -> float:
+    return float(num / den) if den > 0 else 1.0
+
+
+def label_components(mask: np.ndarray, connectivity: int = 2) -> np.ndarray:
+    """Connected components of a binary mask: (H, W) any dtype (nonzero = foreground) -> (H, W) int32 labels 1..n.
+
+    connectivity=2 (default, as skimage.measure.label) joins 8-neighbours; 1 joins 4-neighbours only, which also
+    splits off every diagonal one-pixel strand (on the Usiigaci masks: 60 components for 48 cells, against 49 with
+    8-connectivity). Touching cells in a *binary* mask are one component: that merge is what instance scores expose.
+    """
+    from scipy import ndimage
+
+    if connectivity not in (1, 2):
+        raise ValueError(f"connectivity must be 1 (4-neighbour) or 2 (8-neighbour), got {connectivity}")
+    structure = ndimage.generate_binary_structure(2, connectivity)
+    labels, _ = ndimage.label(np.asarray(mask) != 0, structure=structure)
+    return labels.astype(np.int32)
+
+
+def is_label_image(arr: np.ndarray) -> bool:
+    """True when a mask holds more than one distinct nonzero value (it names objects, not just foreground)."""
+    nz = np.asarray(arr)[np.asarray(arr) != 0]
+    return bool(nz.size) and bool((nz != nz[0]).any())
+
+
+# ------------------------------------------------------------------------------------------- maps -> labels
+WATERSHED_WHOLE_PX = 1 << 24   # larger images are flooded component by component (same labels, bounded memory)
+
+
+@dataclass(frozen=True)
+class InstanceParams:
+    """How `labels_from_maps` turns predicted maps into cells; saved as YAML beside a run (RUN/instances.yaml).
+
+    fg_threshold:   a pixel is cell when channel 0 (foreground probability) > this.
+    seed_threshold: contour: a cell's core is foreground with boundary probability (ch1) < this;
+                    distance: a cell's core is where the normalised distance to its border (ch1) > this.
+    min_size:       objects with fewer pixels are dropped (after watershed).
+    fill_holes:     fill background holes enclosed by foreground before splitting (so no cell has a hole).
+    connectivity:   1 = 4-neighbours, 2 = 8-neighbours, for foreground components and seeds.
+    """
+
+    fg_threshold: float = 0.5
+    seed_threshold: float = 0.5
+    min_size: int = 16
+    fill_holes: bool = True
+    connectivity: int = 2
+
+    def __post_init__(self):
+        for name in ("fg_threshold", "seed_threshold"):
+            if not 0.0 <= float(getattr(self, name)) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if int(self.min_size) < 0:
+            raise ValueError(f"min_size must be >= 0, got {self.min_size}")
+        if self.connectivity not in (1, 2):
+            raise ValueError(f"connectivity must be 1 (4-neighbour) or 2 (8-neighbour), got {self.connectivity}")
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "<dict>") -> "InstanceParams":
+        """Build from a mapping; unknown keys are an error naming `source` (a typo must not pass silently)."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"{source}: unknown instance parameter(s) {unknown}; known: {', '.join(sorted(names))}")
+        types = {"fg_threshold": float, "seed_threshold": float, "min_size": int, "fill_holes": bool,
+                 "connectivity": int}
+        try:
+            return cls(**{k: types[k](v) for k, v in data.items()})
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{source}: {exc}") from None
+
+    def replace(self, **changes) -> "InstanceParams":
+        """A copy with `changes` applied (None values are ignored, so CLI flags that were not given keep the value)."""
+        return self.from_dict({**self.to_dict(), **{k: v for k, v in changes.items() if v is not None}})
+
+
+def save_instance_params(path: str | os.PathLike, params: InstanceParams, **info) -> Path:
+    """Write RUN/instances.yaml atomically: the params at top level, anything in `info` (kind, scores) under
+    `tuning:`."""
+    import yaml
+
+    data = params.to_dict()
+    if info:
+        data["tuning"] = info
+    return write_text_atomic(path, yaml.safe_dump(data, sort_keys=False))
+
+
+def load_instance_params(path: str | os.PathLike) -> InstanceParams:
+    """Read an instances.yaml written by `save_instance_params` (its `tuning:` block is information only)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f"{path}: cannot read instance parameters ({exc})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of instance parameters, got {type(data).__name__}")
+    data.pop("tuning", None)
+    return InstanceParams.from_dict(data, str(path))
+
+
+def run_instance_params(model_paths, default: InstanceParams | None = None) -> InstanceParams:
+    """The params saved beside the models (RUN/instances.yaml next to RUN/best.keras, or one folder up for
+    RUN/epochs/*.keras); the first found wins, else `default` (InstanceParams() when None)."""
+    for p in model_paths:
+        for folder in (Path(p).parent, Path(p).parent.parent):
+            if (folder / "instances.yaml").is_file():
+                return load_instance_params(folder / "instances.yaml")
+    return default or InstanceParams()
+
+
+def _scaled(maps: np.ndarray, threshold: float) -> float:
+    """A [0, 1] threshold in the units of `maps`: float maps are probabilities, uint8 maps are probability × 255."""
+    return threshold * 255.0 if maps.dtype == np.uint8 else threshold
+
+
+def _foreground(maps: np.ndarray, params: InstanceParams) -> np.ndarray:
+    from scipy import ndimage
+
+    fg = maps[..., 0] > _scaled(maps, params.fg_threshold)
+    return ndimage.binary_fill_holes(fg) if params.fill_holes else fg
+
+
+def _watershed(surface: np.ndarray, markers: np.ndarray, fg: np.ndarray, components: np.ndarray) -> np.ndarray:
+    """Seeded watershed of `surface` from `markers` inside `fg` -> (H, W) int32.
+
+    Foreground components never interact (flooding stays inside the mask), so large images are flooded one
+    component at a time in its bounding box: the same labels without skimage's float64 copies of the whole image.
+    """
+    from scipy import ndimage
+    from skimage.segmentation import watershed
+
+    if surface.size <= WATERSHED_WHOLE_PX:
+        return watershed(surface, markers, mask=fg).astype(np.int32)
+    out = np.zeros(surface.shape, np.int32)
+    for i, box in enumerate(ndimage.find_objects(components), start=1):
+        if box is None:
+            continue
+        inside = components[box] == i
+        flooded = watershed(surface[box], markers[box] * inside, mask=inside)
+        out[box][inside] = flooded[inside]
+    return out
+
+
+def _split(fg: np.ndarray, seeds: np.ndarray, surface: np.ndarray, connectivity: int) -> np.ndarray:
+    """Flood `surface` from the connected components of `seeds` within `fg`; a foreground component without any
+    seed stays one object (a small or faint cell is kept, not lost)."""
+    components = label_components(fg, connectivity)
+    markers = label_components(seeds & fg, connectivity)
+    n_seeds = int(markers.max())
+    seeded = np.bincount(components[markers > 0], minlength=int(components.max()) + 1) > 0
+    lone = np.zeros(len(seeded), np.int32)
+    unseeded = np.flatnonzero(~seeded[1:]) + 1
+    lone[unseeded] = n_seeds + np.arange(1, len(unseeded) + 1, dtype=np.int32)
+    markers = np.where(markers > 0, markers, lone[components])
+    return _watershed(surface, markers, fg, components)
+
+
+def _label_binary(maps: np.ndarray, params: InstanceParams) -> np.ndarray:
+    return label_components(_foreground(maps, params), params.connectivity)
+
+
+def _label_contour(maps: np.ndarray, params: InstanceParams) -> np.ndarray:
+    fg = _foreground(maps, params)
+    boundary = maps[..., 1]
+    return _split(fg, boundary < _scaled(maps, params.seed_threshold), boundary, params.connectivity)
+
+
+def _label_distance(maps: np.ndarray, params: InstanceParams) -> np.ndarray:
+    fg = _foreground(maps, params)
+    dist = maps[..., 1]
+    surface = (255 - dist) if dist.dtype == np.uint8 else -dist
+    return _split(fg, dist > _scaled(maps, params.seed_threshold), surface, params.connectivity)
+
+
+#: target kind (`data.targets.TARGETS`) -> labeller((H, W, C) maps, params) -> (H, W) int32, before size filtering.
+LABELLERS = {"binary": _label_binary, "contour": _label_contour, "distance": _label_distance}
+
+
+def drop_small(labels: np.ndarray, min_size: int) -> np.ndarray:
+    """Remove objects smaller than `min_size` px and renumber the rest 1..n in the order of their old ids:
+    (H, W) non-negative int labels -> (H, W) int32. One lookup table does skimage's remove_small_objects and
+    relabel_sequential in a single pass over the image."""
+    labels = np.asarray(labels)
+    sizes = np.bincount(labels.ravel(), minlength=1)
+    keep = sizes >= max(1, min_size)
+    keep[0] = False
+    lut = np.zeros(len(sizes), np.int32)
+    lut[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
+    return lut[labels]
+
+
+def labels_from_maps(maps: np.ndarray, kind: str = "binary", params: InstanceParams | None = None) -> np.ndarray:
+    """Predicted maps -> instance labels: (H, W, C) float32 in [0, 1] (or uint8 = value × 255; (H, W) for binary)
+    -> (H, W) int32, 0 = background, cells 1..n.
+
+    binary:   connected components of ch0 > fg_threshold;
+    contour:  seeds = components of foreground with ch1 (boundary) < seed_threshold, watershed on ch1;
+    distance: seeds = components of ch1 (distance to the cell border) > seed_threshold, watershed on -ch1.
+    Holes in the foreground are filled first (`fill_holes`), objects under `min_size` px dropped, ids renumbered.
+    """
+    params = params or InstanceParams()
+    if kind not in LABELLERS:
+        raise ValueError(f"unknown target kind {kind!r}; known: {', '.join(LABELLERS)}")
+    maps = np.asarray(maps)
+    if maps.ndim == 2:
+        maps = maps[..., None]
+    if maps.ndim != 3 or maps.shape[-1] < TARGETS[kind]:
+        raise ValueError(f"{kind} maps need shape (H, W, >={TARGETS[kind]}), got {maps.shape}")
+    return drop_small(LABELLERS[kind](maps, params), params.min_size)
+
+
+def label_image_dtype(n_labels: int) -> np.dtype:
+    """uint16 while the ids fit (<= 65535 cells), else uint32: the dtype of a saved label TIFF."""
+    return np.dtype(np.uint16 if n_labels <= np.iinfo(np.uint16).max else np.uint32)
+
+
+def as_label_image(labels: np.ndarray) -> np.ndarray:
+    """(H, W) int labels -> uint16/uint32 copy for writing (see `label_image_dtype`)."""
+    labels = np.asarray(labels)
+    return labels.astype(label_image_dtype(int(labels.max(initial=0))))
+
+
+# ------------------------------------------------------------------------------------------------- scoring
+def _relabel(labels: np.ndarray) -> tuple[np.ndarray, int]:
+    """Map labels to consecutive 0..n (0 stays background); returns (flat int64 labels, n).
+
+    A lookup table over the label values (O(pixels)) when they are small non-negative integers, else np.unique.
+    """
+    flat = np.asarray(labels).ravel()
+    if flat.size and np.issubdtype(flat.dtype, np.integer) and flat.min() >= 0 and flat.max() < 2 ** 24:
+        present = np.bincount(flat.astype(np.int64)) > 0
+        present[0] = False
+        lut = np.cumsum(present)
+        return lut[flat], int(lut[-1])
+    vals, inv = np.unique(flat, return_inverse=True)
+    if vals.size and vals[0] == 0:
+        return inv.astype(np.int64), int(vals.size - 1)
+    return inv.astype(np.int64) + 1, int(vals.size)
+
+
+def iou_matrix(true_labels: np.ndarray, pred_labels: np.ndarray) -> np.ndarray:
+    """IoU of every (true object, predicted object) pair: (n_true, n_pred) float64, from one pixel contingency table.
+
+    true_labels, pred_labels: (H, W) integer label images of the same shape.
+    """
+    if np.shape(true_labels) != np.shape(pred_labels):
+        raise ValueError(f"label images differ in shape: truth {np.shape(true_labels)} vs "
+                         f"prediction {np.shape(pred_labels)}")
+    t, nt = _relabel(true_labels)
+    p, np_ = _relabel(pred_labels)
+    overlap = np.bincount(t * (np_ + 1) + p, minlength=(nt + 1) * (np_ + 1)).reshape(nt + 1, np_ + 1)
+    area_t = overlap.sum(axis=1, keepdims=True)[1:]
+    area_p = overlap.sum(axis=0, keepdims=True)[:, 1:]
+    inter = overlap[1:, 1:].astype(np.float64)
+    union = area_t + area_p - inter
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
+def match_ious(iou: np.ndarray, threshold: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """One-to-one matching on an (n_true, n_pred) IoU matrix: (true_idx, pred_idx) of the pairs with IoU >= threshold.
+
+    Maximises the number of matched pairs, then their summed IoU (the tie-break weight is < 1 in total, so it never
+    trades a pair away).
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    n_true, n_pred = iou.shape
+    if n_true == 0 or n_pred == 0:
+        return np.zeros(0, dtype=int), np.zeros(0, dtype=int)
+    ok = iou >= threshold
+    if not ok.any():
+        return np.zeros(0, dtype=int), np.zeros(0, dtype=int)
+    cost = -ok.astype(np.float64) - iou / (2.0 * min(n_true, n_pred) + 1.0)
+    ti, pi = linear_sum_assignment(cost)
+    keep = ok[ti, pi]
+    return ti[keep], pi[keep]
+
+
+@dataclass(frozen=True)
+class InstanceScores:
+    """Instance counts and scores at one IoU threshold (see module docstring for the empty convention)."""
+
+    threshold: float
+    n_true: int
+    n_pred: int
+    tp: int
+    mean_matched_iou: float  # mean IoU of the matched pairs (NaN when none)
+
+    @property
+    def fp(self) -> int:
+        return self.n_pred - self.tp
+
+    @property
+    def fn(self) -> int:
+        return self.n_true - self.tp
+
+    @property
+    def precision(self) -> float:
+        return _ratio(self.tp, self.n_pred)
+
+    @property
+    def recall(self) -> float:
+        return _ratio(self.tp, self.n_true)
+
+    @property
+    def f1(self) -> float:
+        return _ratio(2 * self.tp, self.n_true + self.n_pred)
+
+    @property
+    def average_precision(self) -> float:
+        """TP / (TP + FP + FN), the per-threshold "AP" of the DSB 2018 challenge, StarDist and Cellpose."""
+        return _ratio(self.tp, self.tp + self.fp + self.fn)
+
+
+def _scores_from_iou(iou: np.ndarray, threshold: float) -> InstanceScores:
+    ti, pi = match_ious(iou, threshold)
+    mean_iou = float(iou[ti, pi].mean()) if ti.size else float("nan")
+    return InstanceScores(float(threshold), iou.shape[0], iou.shape[1], int(ti.size), mean_iou)
+
+
+def instance_scores(true_labels: np.ndarray, pred_labels: np.ndarray, threshold: float = 0.5) -> InstanceScores:
+    """Match objects of two (H, W) label images at IoU >= threshold and count TP/FP/FN (see `InstanceScores`)."""
+    return _scores_from_iou(iou_matrix(true_labels, pred_labels), threshold)
+
+
+def mean_average_precision(true_labels: np.ndarray, pred_labels: np.ndarray,
+                           thresholds=MAP_THRESHOLDS) -> tuple[float, dict[float, float]]:
+    """mAP over IoU thresholds 0.5:0.05:0.95 as StarDist/Cellpose report it: mean over t of TP/(TP + FP + FN) at t.
+
+    Returns (mAP, {threshold: AP}). One IoU matrix serves every threshold.
+    """
+    iou = iou_matrix(true_labels, pred_labels)
+    aps = {float(t): _scores_from_iou(iou, t).average_precision for t in thresholds}
+    return float(np.mean(list(aps.values()))), aps
+
+
+def tp_column(threshold: float) -> str:
+    """Name of the per-image column counting true positives at one IoU threshold: 0.5 -> "tp_iou50"."""
+    return f"tp_iou{int(round(threshold * 100))}"
+
+
+def instance_metrics(true_labels: np.ndarray, pred_labels: np.ndarray, threshold: float = 0.5,
+                     thresholds=MAP_THRESHOLDS) -> dict[str, float]:
+    """Per-image instance row: instance_precision/recall/f1 at `threshold`, counts, matched IoU, ap50, map_50_95,
+    and the TP count at every mAP threshold (`tp_column(t)`), so that a folder's AP can be summed over images."""
+    iou = iou_matrix(true_labels, pred_labels)
+    at = _scores_from_iou(iou, threshold)
+    per_t = {float(t): _scores_from_iou(iou, t) for t in thresholds}
+    ap50 = per_t[0.5].average_precision if 0.5 in per_t else _scores_from_iou(iou, 0.5).average_precision
+    return {"instance_precision": at.precision, "instance_recall": at.recall, "instance_f1": at.f1,
+            "n_true_instances": at.n_true, "n_pred_instances": at.n_pred, "instance_tp": at.tp,
+            "matched_iou": at.mean_matched_iou,
+            "ap50": ap50, "map_50_95": float(np.mean([s.average_precision for s in per_t.values()])),
+            **{tp_column(t): s.tp for t, s in per_t.items()}}
+
+
+def summed_instance_scores(n_true: int, n_pred: int, tp_by_threshold: dict[float, int],
+                           threshold: float = 0.5) -> dict[str, float]:
+    """Dataset-level instance scores from counts summed over images (StarDist's `matching_dataset` by_image=False):
+    precision/recall/F1 at `threshold`, AP at 0.5 and mAP over the thresholds of `tp_by_threshold`, each
+    TP / (TP + FP + FN) with FP = n_pred - TP, FN = n_true - TP."""
+    tp = tp_by_threshold[threshold]
+    aps = {t: _ratio(k, n_true + n_pred - k) for t, k in tp_by_threshold.items()}
+    return {"instance_precision": _ratio(tp, n_pred), "instance_recall": _ratio(tp, n_true),
+            "instance_f1": _ratio(2 * tp, n_true + n_pred), "instance_tp": int(tp),
+            "instance_fp": int(n_pred - tp), "instance_fn": int(n_true - tp),
+            "ap50": aps.get(0.5, float("nan")), "map_50_95": float(np.mean(list(aps.values())))}

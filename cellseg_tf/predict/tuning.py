@@ -1,0 +1,179 @@
+"""Tune the instance post-processing of a trained run on its validation images (never on test images).
+
+`tune_instances` scores a grid of `InstanceParams` (foreground threshold × seed threshold × minimum size) by
+instance F1 at IoU 0.5 with TP/FP/FN summed over all validation images, and keeps the best (ties: the larger summed
+IoU of the matched cells). It is vectorised over the grid: each image's maps are predicted once, each (fg, seed)
+pair floods once per image, and every minimum size is scored from that one IoU matrix by dropping the columns of
+the predicted objects it would remove (dropping an object changes no other object's IoU).
+
+`tune_run(RUN)` does it for a training run: the validation split of the run's manifest (the same rows training
+validated on), the run's best.keras, RUN/instances.yaml (best params, with the score under `tuning:`) and
+RUN/instances_grid.csv (every grid point), both written atomically. Prediction reads RUN/instances.yaml beside the
+checkpoint (`instances.run_instance_params`).
+"""
+from __future__ import annotations
+
+import io
+import itertools
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .instances import (InstanceParams, LABELLERS, iou_matrix, is_label_image, label_components, match_ious,
+                        save_instance_params)
+from ..common.files import write_text_atomic
+from .options import PredictOptions
+
+FG_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
+SEED_THRESHOLDS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+MIN_SIZES = (0, 8, 16, 32, 64)
+GRID_COLUMNS = ["fg_threshold", "seed_threshold", "min_size", "tp", "fp", "fn", "precision", "recall", "f1",
+                "sum_matched_iou"]
+
+
+@dataclass
+class TuningResult:
+    """The best params, its summed F1@0.5 and the full grid (DataFrame with GRID_COLUMNS, best first)."""
+
+    params: InstanceParams
+    f1: float
+    grid: object
+    n_images: int
+
+
+def default_grid(kind: str) -> dict[str, tuple]:
+    """The grid searched for a target kind: binary maps have no seeds, so only fg threshold × min size."""
+    seeds = (InstanceParams().seed_threshold,) if kind == "binary" else SEED_THRESHOLDS
+    return {"fg_threshold": FG_THRESHOLDS, "seed_threshold": seeds, "min_size": MIN_SIZES}
+
+
+def truth_labels(mask: np.ndarray) -> np.ndarray:
+    """A truth mask as read with instances=True -> (H, W) int32 labels (its connected components if binary)."""
+    mask = np.asarray(mask)
+    return mask.astype(np.int32) if is_label_image(mask) else label_components(mask)
+
+
+def _counts(iou: np.ndarray, keep: np.ndarray) -> tuple[int, int, int, float]:
+    """(tp, fp, fn, summed matched IoU) at IoU 0.5 when only the predicted objects in `keep` are kept."""
+    sub = iou[:, keep]
+    ti, pi = match_ious(sub, 0.5)
+    tp = int(ti.size)
+    return tp, int(keep.sum()) - tp, iou.shape[0] - tp, float(sub[ti, pi].sum())
+
+
+def tune_instances(maps: Sequence[np.ndarray], truths: Sequence[np.ndarray], kind: str,
+                   grid: dict[str, Sequence] | None = None, base: InstanceParams | None = None,
+                   progress: bool = False) -> TuningResult:
+    """Grid search of InstanceParams on cached maps.
+
+    maps: per image (H, W, C) float32 (or uint8) predicted maps; truths: per image (H, W) int truth labels.
+    grid: {"fg_threshold": [...], "seed_threshold": [...], "min_size": [...]} (default `default_grid(kind)`);
+    base: the other fields (fill_holes, connectivity). Score: F1 = 2·TP / (2·TP + FP + FN), counts summed over
+    images.
+    """
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    if kind not in LABELLERS:
+        raise ValueError(f"unknown target kind {kind!r}; known: {', '.join(LABELLERS)}")
+    if len(maps) != len(truths) or not len(maps):
+        raise ValueError(f"need one truth per map and at least one image, got {len(maps)} maps, {len(truths)} truths")
+    grid = {**default_grid(kind), **(grid or {})}
+    base = base or InstanceParams()
+    min_sizes = sorted({int(v) for v in grid["min_size"]})
+    pairs = list(itertools.product(grid["fg_threshold"], grid["seed_threshold"]))
+    totals = np.zeros((len(pairs), len(min_sizes), 4))          # tp, fp, fn, summed IoU
+    bar = tqdm(total=len(pairs) * len(maps), desc="tune instances", unit="flood", disable=not progress)
+    for j, (fg, seed) in enumerate(pairs):
+        params = base.replace(fg_threshold=fg, seed_threshold=seed, min_size=0)
+        for m, t in zip(maps, truths):
+            m = np.asarray(m)
+            raw = LABELLERS[kind](m if m.ndim == 3 else m[..., None], params)
+            iou = iou_matrix(t, raw)
+            sizes = np.bincount(raw.ravel())[1:]
+            sizes = sizes[sizes > 0]                             # iou_matrix's columns: the ids present, in order
+            for k, size in enumerate(min_sizes):
+                totals[j, k] += _counts(iou, sizes >= max(1, size))
+            bar.update()
+    bar.close()
+    rows = []
+    for (j, (fg, seed)), (k, size) in itertools.product(enumerate(pairs), enumerate(min_sizes)):
+        tp, fp, fn, s_iou = totals[j, k]
+        den = 2 * tp + fp + fn
+        rows.append({"fg_threshold": float(fg), "seed_threshold": float(seed), "min_size": size, "tp": int(tp),
+                     "fp": int(fp), "fn": int(fn), "precision": tp / (tp + fp) if tp + fp else 1.0,
+                     "recall": tp / (tp + fn) if tp + fn else 1.0, "f1": 2 * tp / den if den else 1.0,
+                     "sum_matched_iou": s_iou})
+    table = pd.DataFrame(rows, columns=GRID_COLUMNS)
+    table = table.sort_values(["f1", "sum_matched_iou"], ascending=False, kind="stable").reset_index(drop=True)
+    best = table.iloc[0]
+    params = base.replace(fg_threshold=float(best.fg_threshold), seed_threshold=float(best.seed_threshold),
+                          min_size=int(best.min_size))
+    return TuningResult(params, float(best.f1), table, len(maps))
+
+
+def write_tuning(run: str | os.PathLike, result: TuningResult, kind: str) -> tuple[Path, Path]:
+    """RUN/instances.yaml (best params + score under `tuning:`) and RUN/instances_grid.csv, both atomic."""
+    run = Path(run)
+    text = io.StringIO()
+    result.grid.to_csv(text, index=False)
+    grid_path = write_text_atomic(run / "instances_grid.csv", text.getvalue())
+    yaml_path = save_instance_params(run / "instances.yaml", result.params, kind=kind, val_f1=result.f1,
+                                     val_images=result.n_images, grid="instances_grid.csv")
+    return yaml_path, grid_path
+
+
+def _run_config(run: str | os.PathLike):
+    from ..training.config import TrainConfig
+
+    path = Path(run) / "config.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found; tuning needs the folder of a training run")
+    return TrainConfig.load(path)
+
+
+def validation_samples(run: str | os.PathLike, manifest: str | os.PathLike | None = None) -> list:
+    """The validation rows of a run: split=val rows of its manifest, else the seeded share of train rows training
+    held out (`engine.split_train_val` with the run's val_fraction and seed). Only rows with a mask."""
+    from ..data.io import open_manifest
+    from ..training.engine import split_train_val
+
+    config = _run_config(run)
+    source = manifest or config.manifest
+    if not source:
+        raise ValueError(f"{run}/config.yaml names no manifest; pass manifest=")
+    _, val = split_train_val(open_manifest(source), config.val_fraction, config.seed)
+    return [s for s in val if s.mask is not None]
+
+
+def tune_run(run: str | os.PathLike, model: str | os.PathLike | None = None,
+             manifest: str | os.PathLike | None = None, grid: dict[str, Sequence] | None = None,
+             options: PredictOptions | None = None, progress: bool = True) -> TuningResult:
+    """Tune the post-processing of RUN's model (default RUN/best.keras) on its validation images and write
+    RUN/instances.yaml + RUN/instances_grid.csv. options: how the Predictor tiles and normalises (default
+    `PredictOptions()`, normalisation from the run's config)."""
+    from tqdm.auto import tqdm
+
+    from ..data.io import read_mask
+    from .inference import Predictor
+
+    run = Path(run)
+    model = Path(model) if model is not None else run / "best.keras"
+    samples = validation_samples(run, manifest)
+    threshold = float(getattr(_run_config(run), "mask_threshold", 0) or 0)   # > 0: binary truth -> components
+    if not samples:
+        raise ValueError(f"{run}: no validation images with masks to tune instance post-processing on")
+    predictor = Predictor.from_files([model], options)
+    kind = predictor.kind
+    maps, truths = [], []
+    for s in tqdm(samples, desc="predict val", unit="img", disable=not progress):
+        m, _ = predictor.predict_file(s.image)
+        maps.append(m)
+        truths.append(truth_labels(read_mask(s.mask, threshold=threshold) if threshold > 0 else
+                                   read_mask(s.mask, instances=True)))
+    result = tune_instances(maps, truths, kind, grid, progress=progress)
+    write_tuning(run, result, kind)
+    return result

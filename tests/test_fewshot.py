@@ -1,0 +1,240 @@
+"""Few-shot adaptation: features of any zoo model, the solver, the adapted `.keras` model, CLI, and bad input.
+
+Extractors are tiny untrained models (their features are fixed random filters plus, for the MSD, the image itself),
+which is enough to test the mechanics: the perceptron on top is what adaptation fits.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import yaml
+
+keras = pytest.importorskip("keras")
+
+from cellseg_tf.data.io import open_manifest, write_png  # noqa: E402
+from cellseg_tf.data.manifest import write_manifest  # noqa: E402
+from cellseg_tf.data.synthetic import make_dataset  # noqa: E402
+from cellseg_tf.fewshot import AdaptConfig, adapt, feature_tensor, head_weights, report_path  # noqa: E402
+from cellseg_tf.fewshot import solver  # noqa: E402
+from cellseg_tf.fewshot.support import TileGrid, draw_support, gather_features, sample_pixels  # noqa: E402
+from cellseg_tf.models import build_model, target_kind  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def fs(tmp_path_factory):
+    """6 synthetic 96×96 images (4 train / 1 val / 1 test), a fixed-size U-Net and a size-free MSD extractor."""
+    root = tmp_path_factory.mktemp("fewshot")
+    manifest = make_dataset(root / "data", n_images=6, shape=(96, 96), splits=(4, 1, 1), seed=3)
+    keras.utils.set_random_seed(0)
+    unet, msd = root / "unet.keras", root / "msd.keras"
+    build_model("unet", input_shape=(48, 48, 1), base_filters=4, depth=2).save(unet)
+    build_model("msd", input_shape=(None, None, 1), depth=4).save(msd)
+    return SimpleNamespace(root=root, manifest=manifest, extractors=[str(unet), str(msd)])
+
+
+def _config(fs, out, **kw) -> AdaptConfig:
+    return AdaptConfig(**{"extractors": fs.extractors, "support": str(fs.manifest), "out": str(out), "shots": 3,
+                          "seed": 0, "verbose": 0, **kw})
+
+
+# ------------------------------------------------------------------------------------------------ features
+def test_features_are_the_input_of_the_final_1x1_conv():
+    unet = build_model("unet", input_shape=(None, None, 1), base_filters=4, depth=2)
+    assert feature_tensor(unet) is unet.get_layer("dec0_b_relu").output
+    msd = build_model("msd", input_shape=(None, None, 1), depth=3)
+    assert feature_tensor(msd) is msd.get_layer("features").output
+    # a model saved before the registered head existed: conv -> sigmoid Activation
+    x = keras.Input((None, None, 1))
+    f = keras.layers.Conv2D(5, 3, padding="same")(x)
+    old = keras.Model(x, keras.layers.Activation("sigmoid")(keras.layers.Conv2D(1, 1)(f)))
+    assert feature_tensor(old) is f
+
+
+def test_a_model_without_a_1x1_classifier_is_not_an_extractor():
+    x = keras.Input((16, 16, 1))
+    classifier = keras.Model(x, keras.layers.Dense(2)(keras.layers.Flatten()(x)))
+    with pytest.raises(ValueError, match="clf.keras: not a segmentation model"):
+        feature_tensor(classifier, "clf.keras")
+    conv3 = keras.Model(x, keras.layers.Conv2D(1, 3, padding="same")(x))
+    with pytest.raises(ValueError, match="no final 1×1 Conv2D"):
+        feature_tensor(conv3, "c.keras")
+
+
+def test_tiled_features_match_whole_image_features_away_from_the_border():
+    model = build_model("msd", input_shape=(None, None, 1), depth=3)        # receptive radius 1 + 2 + 3 = 6 px
+    features = keras.Model(model.inputs[0], feature_tensor(model))
+    image = np.random.default_rng(0).random((70, 90, 1)).astype("float32")
+    whole = np.asarray(features.predict_on_batch(image[None]))[0]
+    rows, cols = np.mgrid[8:62:3, 8:82:5]
+    got = gather_features(features.predict_on_batch, image, rows.ravel(), cols.ravel(), TileGrid(64), batch_size=3)
+    np.testing.assert_allclose(got, whole[rows.ravel(), cols.ravel()], rtol=1e-5, atol=1e-5)
+
+
+def test_pixel_sample_is_balanced_capped_and_weighted_to_the_image_counts():
+    mask = np.zeros((50, 40), np.uint8)
+    mask[10:20, 5:15] = 1                                                    # 100 fg, 1900 bg
+    rows, cols, labels, weights = sample_pixels(mask, 60, np.random.default_rng(0))
+    assert (labels == 1).sum() == 60 and (labels == 0).sum() == 60
+    assert (mask[rows, cols] == labels).all() and len(set(zip(rows, cols))) == 120
+    assert weights[labels == 1].sum() == pytest.approx(100) and weights[labels == 0].sum() == pytest.approx(1900)
+
+
+def test_tile_cap_keeps_foreground_tiles_and_unbiased_weights():
+    mask = np.zeros((240, 240), np.uint8)
+    mask[20:30, 20:30] = mask[200:215, 100:130] = 1                          # sparse: 550 fg px in 2 of 100 tiles
+    grid = TileGrid(32)                                                       # core 24 px: 10 × 10 tiles
+    estimates = []
+    for seed in range(1000):
+        rows, cols, labels, weights = sample_pixels(mask, 200, np.random.default_rng(seed), grid, max_tiles=6)
+        tiles = np.unique((rows // 24) * 10 + cols // 24)
+        assert len(tiles) <= 6 and (labels == 1).sum() > 0                   # foreground tiles are always drawn
+        estimates.append([weights[labels == 1].sum(), weights[labels == 0].sum()])
+    np.testing.assert_allclose(np.mean(estimates, axis=0), [550, 240 * 240 - 550], rtol=0.07)  # ~4 std. errors
+
+
+# -------------------------------------------------------------------------------------------------- solver
+def test_solver_gradients_match_finite_differences():
+    from scipy.optimize import approx_fprime
+
+    rng = np.random.default_rng(0)
+    z, y, s = rng.normal(size=(300, 6)), (rng.random(300) < 0.3).astype(float), rng.uniform(0.5, 2, 300)
+    theta = rng.normal(size=7) * 0.3
+    for loss in (solver.logistic_loss, solver.dice_loss):
+        numeric = approx_fprime(theta, lambda t: loss(t, z, y, s, 0.01)[0], 1e-7)
+        np.testing.assert_allclose(loss(theta, z, y, s, 0.01)[1], numeric, atol=1e-5)
+
+
+def _imbalanced_problem(seed=0, n=6000):
+    """Rare foreground (5 %) overlapping the background: a calibrated logistic model under-predicts it at p > 0.5."""
+    rng = np.random.default_rng(seed)
+    y = (rng.random(n) < 0.05).astype(float)
+    x = rng.normal(size=(n, 4)) + y[:, None] * np.array([1.6, 1.2, 0.0, 0.0])
+    return x * np.array([3.0, 0.5, 1.0, 7.0]) + np.array([10.0, -2.0, 0.0, 5.0]), y
+
+
+def test_bfgs_on_dice_improves_on_logistic_regression_and_weights_fold_exactly():
+    x, y = _imbalanced_problem()
+    groups = np.arange(len(y)) % 3
+    sol = solver.solve(x, y, np.ones(len(y)), groups, seed=0)
+    assert sol.dice_bfgs > sol.dice_logistic + 0.01 and sol.soft_dice_bfgs > sol.soft_dice_logistic
+    assert sol.chosen == "bfgs" and sol.lam in solver.DEFAULT_LAMBDAS
+    assert sorted(sol.lambda_scores) == sorted(solver.DEFAULT_LAMBDAS)
+    kernel, bias = sol.kernel_bias()                                          # standardisation folded in
+    z = sol.standardization.apply(x)
+    np.testing.assert_allclose(x @ kernel + bias, z @ sol.theta[:-1] + sol.theta[-1], atol=1e-8)
+
+
+def test_lambda_is_chosen_on_held_out_images():
+    groups = np.repeat(np.arange(4), 10)
+    held = solver.holdout_mask(groups, seed=0)
+    assert held.sum() == 10 and len(np.unique(groups[held])) == 1             # one whole image of four
+    single = solver.holdout_mask(np.zeros(1000, int), seed=0)
+    assert 150 < single.sum() < 350                                           # one image: a quarter of its pixels
+
+
+# ------------------------------------------------------------------------------------------- adapted model
+def test_adapted_model_round_trips_and_holds_the_solvers_weights(fs, tmp_path):
+    out = tmp_path / "adapted.keras"
+    result = adapt(_config(fs, out))
+    loaded = keras.models.load_model(out, safe_mode=True)                    # registered objects only
+    kernel, bias = result.solution.kernel_bias()
+    got_kernel, got_bias = head_weights(loaded)
+    np.testing.assert_array_equal(got_kernel, kernel.astype(np.float32))
+    assert got_bias == pytest.approx(bias, rel=1e-6)
+    assert loaded.output.dtype == "float32" and target_kind(loaded) == "binary"
+    assert len(loaded.trainable_weights) == 2                                 # only the 1×1 conv (W, b)
+
+    x = np.random.default_rng(0).random((2, 48, 48, 1)).astype("float32")
+    prob = np.asarray(loaded(x))
+    np.testing.assert_array_equal(prob, np.asarray(result.model(x)))
+    feats = np.asarray(keras.Model(loaded.inputs[0], loaded.get_layer("features").output)(x))
+    np.testing.assert_allclose(prob[..., 0], 1 / (1 + np.exp(-(feats @ kernel + bias))), atol=1e-5)
+    for i, path in enumerate(fs.extractors):                                  # extractors frozen, weights kept
+        original = keras.models.load_model(path)
+        kept = [w for w in original.weights if not w.path.startswith("head_")]
+        sub = loaded.get_layer(f"extractor{i}_{original.name}")
+        assert [w.path for w in sub.weights] == [w.path for w in kept]
+        for a, b in zip(sub.weights, kept):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+    report = yaml.safe_load(report_path(out).read_text())
+    assert report == result.report and report["shots"] == 3 and report["train_rows_available"] == 4
+    assert report["sampled"]["features"] == 4 + 5 and report["seconds"]["total"] > 0
+    assert report["lambda"] in solver.DEFAULT_LAMBDAS
+    assert report["support_dice"]["bfgs"] >= report["support_dice"]["logistic"]
+
+
+def test_adaptation_is_seeded(fs, tmp_path):
+    a = adapt(_config(fs, tmp_path / "a.keras", shots=2, seed=5), save=False)
+    b = adapt(_config(fs, tmp_path / "b.keras", shots=2, seed=5), save=False)
+    assert a.report["support_rows"] == b.report["support_rows"] and a.report["lambda"] == b.report["lambda"]
+    np.testing.assert_array_equal(head_weights(a.model)[0], head_weights(b.model)[0])
+    draws = {tuple(s.row for s in draw_support(fs.manifest, 2, seed)[0]) for seed in range(6)}
+    assert len(draws) > 1
+    assert not (tmp_path / "a.keras").exists()                                # save=False writes nothing
+
+
+def test_cli_adapt_then_predict_and_evaluate_unchanged(fs, tmp_path, capsys):
+    from cellseg_tf.cli import main
+
+    out = tmp_path / "new" / "adapted.keras"
+    assert main(["adapt", "--extractor", fs.extractors[0], "--extractor", fs.extractors[1], "--support",
+                 str(fs.manifest), "--shots", "2", "--seed", "1", "--out", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert f"adapted={out}" in printed and "support_dice_bfgs=" in printed
+    assert report_path(out).is_file()
+    pred = tmp_path / "pred"
+    assert main(["predict", "--model", str(out), "--model", fs.extractors[0], "--input", str(fs.manifest),
+                 "--split", "test", "--out", str(pred), "--no-progress"]) == 0      # in an ensemble, too
+    assert main(["evaluate", "--pred", str(pred), "--manifest", str(fs.manifest), "--out",
+                 str(tmp_path / "report.csv"), "--quiet"]) == 0
+    assert "mean_dice=" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+def _manifest_variant(fs, tmp_path, name, change) -> Path:
+    rows = [{"image": s.image, "mask": s.mask, "split": s.split} for s in open_manifest(fs.manifest)]
+    return write_manifest(tmp_path / name / "manifest.csv", change(rows, tmp_path / name))
+
+
+def _empty_mask_row(rows, folder):
+    empty = write_png(folder / "empty.png", np.zeros((96, 96), np.uint8))
+    return [{**rows[0], "mask": str(empty)}] + rows[1:]
+
+
+@pytest.mark.parametrize("case", ["no_train_rows", "too_many_shots", "no_foreground", "channels", "size",
+                                  "not_segmentation", "not_keras"])
+def test_bad_input_is_a_clear_error_naming_the_file_and_writes_nothing(fs, tmp_path, case):
+    extractors, support, shots = list(fs.extractors), str(fs.manifest), 2
+    if case == "no_train_rows":
+        support = str(_manifest_variant(fs, tmp_path, "test_only",
+                                        lambda rows, _: [{**r, "split": "test"} for r in rows]))
+        match = f"{support}: no split=train rows"
+    elif case == "too_many_shots":
+        shots, match = 9, f"{support}: 9 shots asked for but the manifest has only 4 train"
+    elif case == "no_foreground":
+        support, shots = str(_manifest_variant(fs, tmp_path, "empty", _empty_mask_row)), None
+        match = "empty.png: support row 2 .* has no foreground"
+    else:
+        bad = tmp_path / f"{case}.keras"
+        if case == "channels":
+            build_model("msd", input_shape=(None, None, 3), depth=2).save(bad)
+            match = f"{bad}: takes 3-channel images"
+        elif case == "size":
+            build_model("unet", input_shape=(64, 64, 1), base_filters=4, depth=2).save(bad)
+            match = f"{bad}: input size 64×64 differs from"
+        elif case == "not_segmentation":
+            x = keras.Input((32, 32, 1))
+            keras.Model(x, keras.layers.Dense(1)(keras.layers.GlobalAveragePooling2D()(x))).save(bad)
+            match = f"{bad}: not a segmentation model"
+        else:
+            bad.write_text("not a model")
+            match = f"{bad}: cannot load Keras model"
+        extractors.append(str(bad))
+    out = tmp_path / "out" / "adapted.keras"
+    with pytest.raises(ValueError, match=match):
+        adapt(AdaptConfig(extractors=extractors, support=support, shots=shots, out=str(out), verbose=0))
+    assert not out.parent.exists() or not any(out.parent.iterdir())

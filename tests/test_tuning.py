@@ -1,0 +1,134 @@
+"""Instance post-processing grid search: scores equal the direct computation, the best point wins, files round-trip."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import ndimage
+
+from cellseg_tf.predict.instances import InstanceParams, instance_scores, labels_from_maps, load_instance_params
+from cellseg_tf.predict.tuning import GRID_COLUMNS, default_grid, truth_labels, tune_instances, write_tuning
+
+
+def _cells(seed: int, size: int = 72, n: int = 7):
+    """Truth labels of touching discs (some small) and noisy distance maps predicted for them."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    t = np.zeros((size, size), np.int32)
+    for i in range(1, n + 1):
+        cy, cx = rng.integers(8, size - 8, 2)
+        r = rng.integers(3, 10)
+        t[((yy - cy) ** 2 + (xx - cx) ** 2 < r * r) & (t == 0)] = i
+    t = truth_labels(t)  # renumber if a disc was swallowed whole
+    fg = (t > 0).astype(np.float32)
+    dist = np.zeros_like(fg)
+    for i in range(1, t.max() + 1):
+        d = ndimage.distance_transform_edt(t == i)
+        dist += (d / max(d.max(), 1)).astype(np.float32)
+    noise = rng.normal(0, 0.15, (2, size, size)).astype(np.float32)
+    maps = np.clip(np.stack([ndimage.gaussian_filter(fg, 1) + noise[0], dist + noise[1] * 0.5], -1), 0, 1)
+    return t, maps
+
+
+def test_grid_scores_equal_direct_labelling_and_scoring():
+    data = [_cells(s) for s in range(3)]
+    truths, maps = [d[0] for d in data], [d[1] for d in data]
+    grid = {"fg_threshold": (0.4, 0.5, 0.6), "seed_threshold": (0.3, 0.5, 0.7), "min_size": (0, 16, 60)}
+    result = tune_instances(maps, truths, "distance", grid)
+    assert list(result.grid.columns) == GRID_COLUMNS and len(result.grid) == 27
+    for _, row in result.grid.iterrows():
+        params = InstanceParams(fg_threshold=row.fg_threshold, seed_threshold=row.seed_threshold,
+                                min_size=int(row.min_size))
+        scores = [instance_scores(t, labels_from_maps(m, "distance", params)) for t, m in zip(truths, maps)]
+        assert (row.tp, row.fp, row.fn) == (sum(s.tp for s in scores), sum(s.fp for s in scores),
+                                            sum(s.fn for s in scores)), row.to_dict()
+    assert result.f1 == result.grid.f1.max()
+    assert (result.params.fg_threshold, result.params.seed_threshold, result.params.min_size) == \
+        (result.grid.fg_threshold[0], result.grid.seed_threshold[0], result.grid.min_size[0])
+    # the defaults are a grid point, so the search finds something at least as good
+    default = [instance_scores(t, labels_from_maps(m, "distance")) for t, m in zip(truths, maps)]
+    tp = sum(s.tp for s in default)
+    default_f1 = 2 * tp / (2 * tp + sum(s.fp + s.fn for s in default))
+    assert result.f1 >= default_f1
+
+
+def test_binary_grid_has_no_seed_axis_and_min_size_removes_noise():
+    t, maps = _cells(5)
+    speckled = maps.copy()
+    speckled[::9, ::9, 0] = 1.0                                 # isolated 1-px false positives
+    result = tune_instances([speckled], [t], "binary", {"fg_threshold": (0.5,)})
+    assert default_grid("binary")["seed_threshold"] == (InstanceParams().seed_threshold,)
+    assert len(result.grid) == len(default_grid("binary")["min_size"])
+    assert result.params.min_size > 0                            # the speckles cost precision at min_size 0
+    zero = result.grid[result.grid.min_size == 0].iloc[0]
+    assert zero.fp > result.grid.iloc[0].fp
+
+
+def test_write_tuning_files(tmp_path):
+    t, maps = _cells(1)
+    result = tune_instances([maps], [t], "distance", {"fg_threshold": (0.5,), "seed_threshold": (0.4, 0.6)})
+    yaml_path, grid_path = write_tuning(tmp_path, result, "distance")
+    assert load_instance_params(yaml_path) == result.params
+    import yaml
+    info = yaml.safe_load(yaml_path.read_text())["tuning"]
+    assert info["kind"] == "distance" and info["val_f1"] == pytest.approx(result.f1) and info["val_images"] == 1
+    pd.testing.assert_frame_equal(pd.read_csv(grid_path), result.grid, check_dtype=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["instances.yaml", "instances_grid.csv"]  # no temp files
+
+
+def test_tune_instances_rejects_bad_input():
+    t, maps = _cells(2)
+    with pytest.raises(ValueError, match="unknown target kind"):
+        tune_instances([maps], [t], "stardist")
+    with pytest.raises(ValueError, match="one truth per map"):
+        tune_instances([maps], [], "distance")
+
+
+def test_tune_run_uses_the_validation_split_and_writes_the_run_files(tmp_path):
+    """A pass-through distance model (see test_instances) on a run folder: val images only, files written."""
+    from cellseg_tf.data.io import write_png, write_tiff
+    from cellseg_tf.data.manifest import write_manifest
+    from cellseg_tf.predict.instances import run_instance_params
+    from cellseg_tf.predict.tuning import tune_run, validation_samples
+    from cellseg_tf.training.config import TrainConfig
+    from tests.test_instances import _cell_field, _maps_model
+
+    rows = []
+    for k, split in enumerate(("train", "val", "val", "test")):
+        t, image = _cell_field((64 + 8 * k, 96))
+        write_tiff(tmp_path / "data" / f"img{k}.tif", np.round(image * 1000).astype(np.uint16))
+        write_png(tmp_path / "data" / f"mask{k}.png", t.astype(np.uint16))
+        rows.append({"image": str(tmp_path / "data" / f"img{k}.tif"), "mask": str(tmp_path / "data" / f"mask{k}.png"),
+                     "split": split})
+    write_manifest(tmp_path / "manifest.csv", rows)
+    run = tmp_path / "run"
+    TrainConfig(manifest=str(tmp_path / "manifest.csv"), channels=3, norm_low=0, norm_high=100).save(
+        run / "config.yaml")
+    _maps_model().save(run / "best.keras")
+    assert [s.image for s in validation_samples(run)] == [rows[1]["image"], rows[2]["image"]]
+    grid = {"fg_threshold": (0.5,), "seed_threshold": (0.0, 0.5), "min_size": (0, 16)}
+    result = tune_run(run, grid=grid, progress=False)
+    assert result.n_images == 2 and result.f1 == 1.0
+    assert result.params.seed_threshold == 0.5                # seeds at 0 merge every touching pair
+    assert result.grid[result.grid.seed_threshold == 0.0].f1.max() < 0.5
+    assert run_instance_params([run / "best.keras"]) == result.params
+    assert (run / "instances_grid.csv").is_file()
+
+
+def test_cli_train_on_label_masks_tunes_the_cells(tmp_path, capsys):
+    """`cellseg-tf train` on instance-label masks trains the instance target and writes RUN/instances.yaml."""
+    from cellseg_tf.cli import main
+    from cellseg_tf.data.synthetic import make_dataset
+
+    manifest = make_dataset(tmp_path / "data", n_images=5, shape=(128, 128), splits=(3, 1, 1), instance_masks=True)
+    run = tmp_path / "run"
+    main(["train", "--manifest", str(manifest), "--out", str(run), "--epochs", "1", "--steps-per-epoch", "2",
+          "--patch-size", "64", "--batch-size", "2", "--verbose", "0"])
+    out = capsys.readouterr().out
+    assert "target=distance" in out and "val_instance_f1=" in out
+    assert load_instance_params(run / "instances.yaml") is not None
+    assert (run / "instances_grid.csv").is_file()
+
+    main(["train", "--manifest", str(manifest), "--out", str(tmp_path / "run2"), "--epochs", "1",
+          "--steps-per-epoch", "1", "--patch-size", "64", "--batch-size", "2", "--verbose", "0", "--no-tune"])
+    assert not (tmp_path / "run2" / "instances.yaml").exists()
