@@ -14,11 +14,11 @@ STAGES: list[tuple[str, list[str]]] = [
     ("data", ["manifest", "tiff", "io", "pairing", "stacks", "synthetic", "preprocessing", "tiling", "targets",
               "augment", "sampling", "dataset", "expand", "patches"]),
     ("models", ["*"]),
-    ("training", ["losses", "metrics", "config", "callbacks", "schedules", "distribute", "engine", "crossval"]),
+    ("training", ["loss_functions", "losses", "metrics", "config", "callbacks", "schedules", "distribute", "engine", "crossval"]),
     ("predict", ["options", "ensemble", "instances", "inference", "tuning", "batch_predict"]),
     ("fewshot", ["*"]),
     ("analysis", ["evaluation", "morphometry", "statistics"]),
-    ("", ["demo", "cli"]),
+    ("", ["demo", "cli_args", "cli"]),
 ]
 SUBPACKAGES = [sub for sub, _ in STAGES if sub]
 

@@ -167,6 +167,29 @@ def test_adapted_model_round_trips_and_holds_the_solvers_weights(fs, tmp_path):
     assert report["support_dice"]["bfgs"] >= report["support_dice"]["logistic"]
 
 
+def test_adapted_model_normalises_like_its_extractors_and_says_so_inside(fs, tmp_path):
+    from cellseg_tf.models.metadata import describe, model_info
+    from cellseg_tf.predict.options import saved_normalization
+
+    model = keras.models.load_model(fs.extractors[1])
+    describe(model, channels=1, norm_low=1.0, norm_high=99.5)                 # trained with other percentiles
+    extractor = tmp_path / "run" / "msd_p1.keras"
+    extractor.parent.mkdir()
+    model.save(extractor)
+    out = tmp_path / "copied" / "adapted.keras"
+    result = adapt(_config(fs, out, extractors=[str(extractor)], shots=2))
+    assert (result.report["norm_low"], result.report["norm_high"]) == (1.0, 99.5)
+    assert saved_normalization(out) == (1.0, 99.5)                          # what `predict` will use
+    info = model_info(keras.models.load_model(out))
+    assert info["channels"] == 1 and info["target"] == "binary"
+    other = keras.models.load_model(fs.extractors[0])
+    describe(other, channels=1, norm_low=2.0, norm_high=98.0)
+    other.save(tmp_path / "unet_p2.keras")
+    with pytest.raises(ValueError, match="different normalisation percentiles"):
+        adapt(_config(fs, tmp_path / "mixed.keras", extractors=[str(extractor), str(tmp_path / "unet_p2.keras")]))
+    assert not (tmp_path / "mixed.keras").exists()
+
+
 def test_adaptation_is_seeded(fs, tmp_path):
     a = adapt(_config(fs, tmp_path / "a.keras", shots=2, seed=5), save=False)
     b = adapt(_config(fs, tmp_path / "b.keras", shots=2, seed=5), save=False)

@@ -9,7 +9,7 @@ from scipy import ndimage
 from skimage.segmentation import find_boundaries
 
 from cellseg_tf.data.synthetic import nuclei_image
-from cellseg_tf.data.targets import (TARGETS, carries_instance_ids, derive_target, is_label_image, resolve_target,
+from cellseg_tf.data.targets import (TARGETS, carries_instance_ids, derive_target, is_instance_mask, resolve_target,
                                      split_shared_ids, target_channels)
 
 
@@ -116,7 +116,7 @@ def test_resolve_target():
     binary = [(_labels(0) > 0).astype(np.uint8) * 255, np.zeros((8, 8), np.uint8)]
     three_class = [np.array([[0, 1, 2]], np.uint8)]        # background / interior / border classes: not ids
     blurred = [cv2.GaussianBlur(binary[0], (0, 0), 1.0)]  # anti-aliased: many grey levels, all along the edges
-    assert len(np.unique(blurred[0])) > 20 and not is_label_image(blurred[0])
+    assert len(np.unique(blurred[0])) > 20 and not is_instance_mask(blurred[0])
     assert carries_instance_ids(labels) and not carries_instance_ids(binary) and not carries_instance_ids(three_class)
     assert not carries_instance_ids(blurred) and resolve_target("auto", blurred) == ("binary", "")
     assert resolve_target("distance", blurred)[0] == "binary"

@@ -18,10 +18,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import yaml
 
+from .. import __version__
 from ..common.files import atomic_path, write_text_atomic
+from ..models.metadata import describe
 from ..predict.options import DEFAULT_NORM, run_normalization
 from .extractors import build_adapted_model, common_input_shape, load_extractors, set_head
 from .solver import BFGS_GTOL, DEFAULT_LAMBDAS, DICE_METHOD, LOGISTIC_MAXITER, Solution, solve
@@ -38,7 +39,7 @@ class AdaptConfig:
     support: manifest whose split=train rows are the support set; shots: K rows drawn with `seed` (None: all).
     max_pixels: cap on sampled support pixels (memory and solver time); max_tiles: feature tiles computed per
     support image (None: `support.default_max_tiles`, 16 tiles of 128²). lambdas: L2 candidates for λ.
-    norm_low / norm_high: normalisation percentiles (None: the extractors' run config, else 2 / 98).
+    norm_low / norm_high: normalisation percentiles (None: the extractors' own, see `normalization`).
     tile_size: feature tile side for extractors that accept any size (None: automatic, see `support.tile_size`).
     """
 
@@ -77,7 +78,8 @@ class AdaptConfig:
         return self
 
     def normalization(self, extractor_paths: list[str]) -> tuple[float, float]:
-        """(low, high): the config's, else the extractors' run config (they must agree), else 2 / 98."""
+        """(low, high): the config's, else what the extractors carry or their run configs say (they must agree),
+        else 2 / 98."""
         trained = run_normalization(extractor_paths)
         low = self.norm_low if self.norm_low is not None else (trained or DEFAULT_NORM)[0]
         high = self.norm_high if self.norm_high is not None else (trained or DEFAULT_NORM)[1]
@@ -130,6 +132,8 @@ def adapt(config: AdaptConfig, *, save: bool = True) -> AdaptResult:
     t_features = time.perf_counter()
     solution = solve(pixels.x, pixels.y, pixels.weight, pixels.group, config.lambdas, config.seed)
     set_head(model, *solution.kernel_bias())
+    describe(model, channels=int(input_shape[2]), norm_low=low, norm_high=high, mask_threshold=config.mask_threshold,
+             patch_size=tile, version=__version__)      # the .keras file says how to normalise its inputs
     t_solve = time.perf_counter()
 
     out = Path(config.out)

@@ -12,7 +12,8 @@ models, run every patch through all of them and threshold the mean. Here:
 - models with several output channels (instance targets: ch0 foreground, ch1 boundary or distance, see
   `data.targets`): every channel is averaged with the same weights, so the ensemble hands ONE set of maps to the
   instance post-processing. The hard vote replaces ch0 by the weighted fraction of models saying "cell" and keeps the
-  weighted mean of the other channels (a boundary or distance map has no per-model "yes/no").
+  weighted mean of the other channels (a boundary or distance map has no per-model "yes/no");
+- members must agree on input channels, tile size and target (`member_inputs`, `member_target` name the odd one).
 
 `build_tile_fn` puts all of it into one function of a batch of tiles, which `inference.Predictor` compiles once
 with `tf.function` (TF backend) so all members run in one graph call. The names of the votes and TTA modes live in
@@ -61,6 +62,47 @@ def normalize_weights(weights: Sequence[float]) -> np.ndarray:
     if (w < 0).any() or not np.isfinite(w).all() or w.sum() <= 0:
         raise ValueError(f"model weights must be finite, >= 0 and not all 0, got {w.tolist()}")
     return w / w.sum()
+
+
+def member_inputs(models: Sequence, names: Sequence[str], patch_size: int | None = None,
+                  default_patch: int = 256) -> tuple[int, int]:
+    """(channels, tile size) shared by all ensemble members: their common input channels and fixed square input size
+    (`patch_size` if given and compatible, else `default_patch` for models saved without a fixed size). A mix of
+    channels, a non-square input or a mix of fixed tile sizes is an error naming each model (`names`)."""
+    shapes = [tuple(m.inputs[0].shape[1:]) for m in models]
+    channels = {s[-1] for s in shapes}
+    if len(channels) != 1 or None in channels:
+        listing = "; ".join(f"{n}: {s[-1]}" for n, s in zip(names, shapes))
+        raise ValueError(f"ensemble models must expect the same number of channels, got {listing}")
+    for n, s in zip(names, shapes):
+        if s[0] != s[1]:
+            raise ValueError(f"{n}: model input is {s[0]}×{s[1]}; tiles are square, use a square-input model")
+    fixed = {n: s[0] for n, s in zip(names, shapes) if s[0] is not None}
+    sizes = set(fixed.values())
+    if len(sizes) > 1:
+        listing = "; ".join(f"{n}: {p} px" for n, p in fixed.items())
+        raise ValueError(f"ensemble models were saved for different tile sizes ({listing}); vote only models "
+                         "trained with the same patch size, or run them as separate ensembles")
+    if patch_size is None:
+        return channels.pop(), sizes.pop() if sizes else default_patch
+    if sizes and patch_size not in sizes:
+        raise ValueError(f"patch_size={patch_size} but the models take {sizes.pop()} px tiles; "
+                         "omit patch_size to use the models' own size")
+    return channels.pop(), patch_size
+
+
+def member_target(models: Sequence, names: Sequence[str]) -> tuple[str, int]:
+    """(target kind, output channels) shared by all ensemble members (`models.target_kind`); members predicting
+    different targets cannot be averaged, so that is an error naming each model (`names`) and its kind."""
+    from ..models import target_kind
+
+    kinds = [target_kind(m) for m in models]
+    outs = [m.outputs[0].shape[-1] for m in models]
+    if len(set(kinds)) > 1 or len(set(outs)) > 1:
+        listing = "; ".join(f"{n}: {k} ({c} channel(s))" for n, k, c in zip(names, kinds, outs))
+        raise ValueError(f"ensemble models must predict the same target, got {listing}; predict them as "
+                         "separate ensembles")
+    return kinds[0], int(outs[0])
 
 
 def vote(probs: np.ndarray, weights: Sequence[float] | None = None, mode: str = "soft", threshold: float = 0.5,

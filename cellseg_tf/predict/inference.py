@@ -29,14 +29,13 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .ensemble import binarize, build_tile_fn, member_weights, normalize_weights
+from .ensemble import binarize, build_tile_fn, member_inputs, member_target, member_weights, normalize_weights
 from .options import TTA_MODES, PredictOptions, run_normalization
 from ..data.io import read_image, to_channels
 from ..data.manifest import split_frame
 from ..data.preprocessing import intensity_range, normalize_rows, streamed_intensity_range
 from ..data.tiff import TIFF_EXT, TiffRowReader
 from ..data.tiling import TileLayout, blend_ramp, tile_layout
-from ..models import target_kind
 from ..models.loading import load_segmentation_models
 
 STREAM_MIN_PX = 1 << 22            # TIFFs larger than this are read in row windows instead of whole
@@ -81,8 +80,8 @@ class Predictor:
             raise ValueError("no models given")
         opts = dataclasses.replace(options or PredictOptions()).validate()
         names = list(names) if names else [getattr(m, "name", f"model{i}") for i, m in enumerate(self.models)]
-        self.channels, patch = self._check_shapes(names, opts.patch_size)
-        self.kind, self.out_channels = self._check_targets(names)
+        self.channels, patch = member_inputs(self.models, names, opts.patch_size, DEFAULT_PATCH)
+        self.kind, self.out_channels = member_target(self.models, names)
         weights = opts.model_weights if weights is None else weights
         self.weights = normalize_weights(np.ones(len(self.models)) if weights is None else weights)
         if len(self.weights) != len(self.models):
@@ -120,40 +119,6 @@ class Predictor:
                 opts = dataclasses.replace(opts, norm_low=trained[0], norm_high=trained[1])
         return cls(load_segmentation_models(paths, opts.precision), opts, weights=weights,
                    names=[str(p) for p in paths])
-
-    def _check_shapes(self, names: list[str], patch_size: int | None) -> tuple[int, int]:
-        """(channels, tile size) shared by all models; a mix of channels or of fixed tile sizes is an error."""
-        shapes = [tuple(m.inputs[0].shape[1:]) for m in self.models]
-        channels = {s[-1] for s in shapes}
-        if len(channels) != 1 or None in channels:
-            listing = "; ".join(f"{n}: {s[-1]}" for n, s in zip(names, shapes))
-            raise ValueError(f"ensemble models must expect the same number of channels, got {listing}")
-        for n, s in zip(names, shapes):
-            if s[0] != s[1]:
-                raise ValueError(f"{n}: model input is {s[0]}×{s[1]}; tiles are square, use a square-input model")
-        fixed = {n: s[0] for n, s in zip(names, shapes) if s[0] is not None}
-        sizes = set(fixed.values())
-        if len(sizes) > 1:
-            listing = "; ".join(f"{n}: {p} px" for n, p in fixed.items())
-            raise ValueError(f"ensemble models were saved for different tile sizes ({listing}); vote only models "
-                             "trained with the same patch size, or run them as separate ensembles")
-        if patch_size is None:
-            return channels.pop(), sizes.pop() if sizes else DEFAULT_PATCH
-        if sizes and patch_size not in sizes:
-            raise ValueError(f"patch_size={patch_size} but the models take {sizes.pop()} px tiles; "
-                             "omit patch_size to use the models' own size")
-        return channels.pop(), patch_size
-
-    def _check_targets(self, names: list[str]) -> tuple[str, int]:
-        """(target kind, output channels) shared by all models; members predicting different targets cannot be
-        averaged, so that is an error naming each file and its kind."""
-        kinds = [target_kind(m) for m in self.models]
-        outs = [m.outputs[0].shape[-1] for m in self.models]
-        if len(set(kinds)) > 1 or len(set(outs)) > 1:
-            listing = "; ".join(f"{n}: {k} ({c} channel(s))" for n, k, c in zip(names, kinds, outs))
-            raise ValueError(f"ensemble models must predict the same target, got {listing}; predict them as "
-                             "separate ensembles")
-        return kinds[0], int(outs[0])
 
     def _compile(self):
         import keras
