@@ -1,17 +1,31 @@
-"""Training throughput of the default model (TrainConfig defaults: model, patch size, batch size, loss, Adam).
+"""Training throughput at equal wall-clock time: a real `train()` run against a plain Keras training loop.
 
-Prints train patches/s in float32, measured over `--steps` optimizer steps after `--warmup` steps (tracing excluded):
-- model: `train_on_batch` on one fixed in-memory batch (the network's cost alone);
-- pipeline (with --pipeline): `model.fit` on the real augmented tf.data stream from synthetic images.
-On a GPU it also measures mixed_float16 and prints the mixed/float32 step-time ratio (same run, same shapes);
-without a GPU the ratio is reported as not measured.
+Arms, each given the same wall-clock seconds on this machine, interleaved in one run (per patch size, slots in the
+order plain, package, package, plain, ... so a slow spell of a shared machine hits both):
+- plain — what a user writes with Keras alone: the U-Net of the default model (base 16, depth 4, conv-BN-ReLU ×2,
+  max-pool, bilinear up, concat skips, 1×1 sigmoid) written with keras.layers, BCE + Dice, Adam 1e-3, float32,
+  random patches with random flips/rot90 drawn in numpy, `model.fit` on numpy arrays of `--chunk` batches at a time;
+- package — `cellseg_tf.training.engine.train` with every TrainConfig default (augmentation, metrics, validation
+  each epoch, best/last checkpoints, precision, schedule) except `patch_size`, `time_budget_s` and `verbose`;
+- optional extra package arms: `--arm NAME:KEY=VALUE;KEY=VALUE` (TrainConfig overrides, e.g.
+  `--arm f32:mixed_precision='off'`; YAML reads a bare off as false), to measure one setting against the defaults
+  in the same run.
 
-    python benchmarks/bench_train.py [--steps 10] [--warmup 3] [--pipeline] [--patch-size P] [--batch-size B]
+Each arm's time runs from its start (data loading, model building, tracing included) to its end (for the package:
+the final validation and checkpoints included); patches are optimizer steps × batch. Per arm the median of its
+slots' patches/s is reported, and beside it the process CPU time per patch: on a machine shared with other jobs the
+wall-clock rate depends on their load, the CPU time much less (a CPU-time ratio > 1 means the package needs less
+CPU per patch). Data: the ISBI 2012 train images in ../shared/data when present (or --manifest),
+else a synthetic set. Last line: `train_to_plain_ratio_128=<v> train_to_plain_ratio_256=<v>` (package ÷ plain).
+
+    python benchmarks/bench_train.py [--seconds 120] [--sizes 128,256] [--rounds 2] [--batch-size 16]
+                                     [--arm NAME:KEY=VALUE;...] [--manifest M]
 """
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -22,90 +36,187 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
+SHARED_ISBI = Path(__file__).resolve().parents[2] / "shared" / "data" / "isbi2012_em" / "manifest.csv"
 
-def _compiled_model(config):
+
+# ----------------------------------------------------------------------------------------------------------------
+# The plain arm: Keras only
+
+
+def plain_unet(patch: int, channels: int = 1, base: int = 16, depth: int = 4):
+    """(B, P, P, C) -> (B, P, P, 1) sigmoid: (conv3×3 no bias, BN, ReLU) ×2 per level, max-pool, bilinear up,
+    concat skip, 1×1 conv — the default model's architecture, written with plain keras.layers."""
+    import keras
+    from keras import layers
+
+    def double_conv(x, filters):
+        for _ in range(2):
+            x = layers.Conv2D(filters, 3, padding="same", use_bias=False, kernel_initializer="he_normal")(x)
+            x = layers.BatchNormalization()(x)
+            x = layers.Activation("relu")(x)
+        return x
+
+    inputs = keras.Input((patch, patch, channels))
+    x, skips = inputs, []
+    for level in range(depth):
+        x = double_conv(x, base * 2 ** level)
+        skips.append(x)
+        x = layers.MaxPooling2D()(x)
+    x = double_conv(x, base * 2 ** depth)
+    for level in reversed(range(depth)):
+        x = layers.UpSampling2D(2, interpolation="bilinear")(x)
+        x = double_conv(layers.Concatenate()([x, skips[level]]), base * 2 ** level)
+    return keras.Model(inputs, layers.Conv2D(1, 1, activation="sigmoid")(x))
+
+
+def plain_bce_dice(y_true, y_pred):
+    """Mean BCE + (1 − soft Dice) per sample, as a tutorial writes it."""
+    from keras import ops
+
+    bce = ops.mean(ops.binary_crossentropy(y_true, y_pred), axis=(1, 2, 3))
+    inter = ops.sum(y_true * y_pred, axis=(1, 2, 3))
+    dice = (2 * inter + 1) / (ops.sum(y_true, axis=(1, 2, 3)) + ops.sum(y_pred, axis=(1, 2, 3)) + 1)
+    return bce + 1 - dice
+
+
+def plain_patches(pairs, patch: int, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """n random patches (image chosen by area) with a random flip and 90° rotation: (n, P, P, C), (n, P, P, 1)."""
+    weights = np.array([p.mask.size for p in pairs], np.float64)
+    xs, ys = [], []
+    for k in rng.choice(len(pairs), size=n, p=weights / weights.sum()):
+        img, msk = pairs[k].image, pairs[k].mask
+        y = rng.integers(0, msk.shape[0] - patch + 1)
+        x = rng.integers(0, msk.shape[1] - patch + 1)
+        a, b = img[y:y + patch, x:x + patch], msk[y:y + patch, x:x + patch, None]
+        if rng.random() < 0.5:
+            a, b = a[:, ::-1], b[:, ::-1]
+        turns = int(rng.integers(4))
+        xs.append(np.rot90(a, turns))
+        ys.append(np.rot90(b, turns))
+    return np.stack(xs).astype(np.float32), (np.stack(ys) > 0).astype(np.float32)
+
+
+def run_plain(pairs, patch: int, batch: int, seconds: float, chunk: int, base: int, depth: int,
+              seed: int = 0) -> tuple[int, float, float]:
+    """Train the plain arm for about `seconds` of wall-clock time -> (patches trained, wall s, CPU s)."""
     import keras
 
-    from cellseg_tf.training.losses import get_loss
-    from cellseg_tf.training.metrics import default_metrics
-    from cellseg_tf.models import build_model
-    from cellseg_tf.training.schedules import build_optimizer
-    from cellseg_tf.training.engine import base_learning_rate
-
-    keras.utils.set_random_seed(config.seed)
-    model = build_model(config.model, input_shape=(config.patch_size, config.patch_size, config.channels),
-                        **config.model_options)
-    model.compile(optimizer=build_optimizer(config.optimizer, base_learning_rate(config)),
-                  loss=get_loss(config.loss, **config.loss_options), metrics=default_metrics())
-    return model
-
-
-def bench_model(config, steps: int, warmup: int) -> float:
-    """Seconds per train step on a fixed batch."""
-    rng = np.random.default_rng(0)
-    p, b = config.patch_size, config.batch_size
-    x = rng.random((b, p, p, config.channels), dtype=np.float32)
-    y = (rng.random((b, p, p, 1)) > 0.7).astype(np.float32)
-    model = _compiled_model(config)
-    for _ in range(warmup):
-        model.train_on_batch(x, y)
-    start = time.perf_counter()
-    for _ in range(steps):
-        model.train_on_batch(x, y)  # returns numpy logs: the step has finished
-    return (time.perf_counter() - start) / steps
+    start, cpu = time.perf_counter(), time.process_time()
+    keras.utils.set_random_seed(seed)
+    rng = np.random.default_rng(seed)
+    model = plain_unet(patch, pairs[0].image.shape[-1], base, depth)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=plain_bce_dice)
+    seen = 0
+    while time.perf_counter() - start < seconds:
+        x, y = plain_patches(pairs, patch, chunk * batch, rng)
+        model.fit(x, y, batch_size=batch, epochs=1, verbose=0)
+        seen += len(x)
+    return seen, time.perf_counter() - start, time.process_time() - cpu
 
 
-def bench_pipeline(config, steps: int, warmup: int) -> float:
-    """Seconds per train step through fit() on the augmented patch stream of 8 synthetic 256×256 images."""
-    from cellseg_tf.data.dataset import load_pairs, train_dataset
+# ----------------------------------------------------------------------------------------------------------------
+# The package arm: a real train() run
+
+
+def run_package(samples, config, seconds: float) -> tuple[int, float, float]:
+    """`train(config)` with a `seconds` time budget -> (patches trained, wall s, CPU s of the whole call)."""
+    import keras
+
+    from cellseg_tf.training.engine import train
+
+    class Count(keras.callbacks.Callback):
+        steps = 0
+
+        def on_train_batch_end(self, batch, logs=None):
+            Count.steps += 1
+
+    config.time_budget_s = float(seconds)
+    with tempfile.TemporaryDirectory() as out:
+        config.out = out
+        start, cpu = time.perf_counter(), time.process_time()
+        train(config, samples, callbacks=[Count()])
+        wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    return Count.steps * config.batch_size, wall, cpu
+
+
+def parse_arm(text: str) -> tuple[str, list[str]]:
+    """"NAME:KEY=VALUE;KEY=VALUE" -> (NAME, ["KEY=VALUE", ...]) for TrainConfig.override."""
+    name, sep, rest = text.partition(":")
+    if not sep or not name:
+        raise SystemExit(f"--arm {text!r}: expected NAME:KEY=VALUE[;KEY=VALUE...]")
+    return name, [kv for kv in rest.split(";") if kv.strip()]
+
+
+def _samples(manifest: str | None):
     from cellseg_tf.data.io import open_manifest
-    from cellseg_tf.data.manifest import select
     from cellseg_tf.data.synthetic import make_dataset
 
-    with tempfile.TemporaryDirectory() as tmp:
-        manifest = make_dataset(Path(tmp) / "data", n_images=8, shape=(256, 256), splits=(8, 0, 0), seed=0)
-        pairs = load_pairs(select(open_manifest(manifest), "train"), config.channels)
-    ds = train_dataset(pairs, config.patch_size, config.batch_size, config.augmentation, config.seed)
-    model = _compiled_model(config)
-    model.fit(ds, steps_per_epoch=warmup, epochs=1, verbose=0, shuffle=False)
-    start = time.perf_counter()
-    model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0, shuffle=False)
-    return (time.perf_counter() - start) / steps
+    if manifest is None and SHARED_ISBI.is_file():
+        manifest = str(SHARED_ISBI)
+    if manifest is None:
+        manifest = str(make_dataset(tempfile.mkdtemp(), n_images=10, shape=(512, 512), splits=(8, 2, 0), seed=0))
+    return manifest, open_manifest(manifest)
 
 
 def main(argv=None) -> int:
     import tensorflow as tf
 
+    from cellseg_tf.data.dataset import load_pairs
     from cellseg_tf.training.config import TrainConfig
-    from cellseg_tf.training.engine import precision_policy
+    from cellseg_tf.training.engine import resolve_precision, split_train_val
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--patch-size", type=int)
-    ap.add_argument("--batch-size", type=int)
-    ap.add_argument("--pipeline", action="store_true", help="also time fit() on the augmented tf.data stream")
+    ap.add_argument("--seconds", type=float, default=120.0, help="wall-clock seconds per arm and patch size")
+    ap.add_argument("--sizes", default="128,256", help="patch sizes, comma-separated")
+    ap.add_argument("--rounds", type=int, default=2, help="slots per arm (each seconds/rounds long)")
+    ap.add_argument("--batch-size", type=int, default=None, help="default: TrainConfig's")
+    ap.add_argument("--chunk", type=int, default=8, help="plain arm: batches per model.fit call")
+    ap.add_argument("--manifest", default=None)
+    ap.add_argument("--arm", action="append", default=[], help="extra package arm NAME:KEY=VALUE;KEY=VALUE")
+    ap.add_argument("--base-filters", type=int, default=16, help="both arms (tests shrink the model)")
+    ap.add_argument("--depth", type=int, default=4, help="both arms")
     args = ap.parse_args(argv)
-    config = TrainConfig()
-    config.patch_size = args.patch_size or config.patch_size
-    config.batch_size = args.batch_size or config.batch_size
-    gpus = tf.config.list_physical_devices("GPU")
-    device = f"GPU ×{len(gpus)}" if gpus else f"CPU ({os.cpu_count()} logical cores visible)"
-    print(f"model={config.model} options={config.model_options or '{}'} loss={config.loss} "
-          f"patch={config.patch_size} batch={config.batch_size} device={device} tf={tf.__version__}")
-    benches = [("model", bench_model)] + ([("pipeline", bench_pipeline)] if args.pipeline else [])
-    for label, fn in benches:
-        with precision_policy(False):
-            t32 = fn(config, args.steps, args.warmup)
-        print(f"[{label}] float32: {t32 * 1000:.1f} ms/step, {config.batch_size / t32:.1f} train patches/s "
-              f"({args.steps} steps after {args.warmup} warm-up)")
-        if gpus:
-            with precision_policy(True):
-                t16 = fn(config, args.steps, args.warmup)
-            print(f"[{label}] mixed_float16: {t16 * 1000:.1f} ms/step, {config.batch_size / t16:.1f} train patches/s; "
-                  f"step-time ratio mixed/float32 = {t16 / t32:.3f}")
-        else:
-            print(f"[{label}] mixed_float16/float32 step-time ratio: not measured (no GPU visible)")
+    sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    manifest, samples = _samples(args.manifest)
+    defaults = TrainConfig()
+    batch = args.batch_size or defaults.batch_size
+    plain_rows, _ = split_train_val(samples, defaults.val_fraction, defaults.seed)  # the same train images
+    plain_pairs = load_pairs(plain_rows, defaults.channels)
+    arms = [("package", [])] + [parse_arm(a) for a in args.arm]
+    slot = args.seconds / args.rounds
+    print(f"manifest={manifest} batch={batch} seconds_per_arm={args.seconds:g} rounds={args.rounds} "
+          f"cpus={os.cpu_count()} tf={tf.__version__} precision={resolve_precision(defaults.mixed_precision)}")
+
+    def config_for(patch: int, overrides: list[str]) -> TrainConfig:
+        config = TrainConfig(manifest=manifest, patch_size=patch, batch_size=batch, verbose=0)
+        if (args.base_filters, args.depth) != (16, 4):
+            config.model_options = {"base_filters": args.base_filters, "depth": args.depth}
+        return config.override(overrides).validate()
+
+    ratios = {}
+    for patch in sizes:
+        rates: dict[str, list[float]] = {"plain": []} | {name: [] for name, _ in arms}
+        cpu_ms: dict[str, list[float]] = {name: [] for name in rates}
+        for r in range(args.rounds):
+            order = [("plain", None)] + arms if r % 2 == 0 else arms[::-1] + [("plain", None)]
+            for name, overrides in order:
+                if name == "plain":
+                    n, wall, cpu = run_plain(plain_pairs, patch, batch, slot, args.chunk, args.base_filters,
+                                             args.depth)
+                else:
+                    n, wall, cpu = run_package(samples, config_for(patch, overrides), slot)
+                rates[name].append(n / wall)
+                cpu_ms[name].append(1000 * cpu / max(n, 1))
+                print(f"[{patch}] round {r} {name}: {n} patches in {wall:.1f} s = {n / wall:.2f} patches/s, "
+                      f"{cpu_ms[name][-1]:.1f} CPU ms/patch", flush=True)
+        med = {name: statistics.median(v) for name, v in rates.items()}
+        cpu_med = {name: statistics.median(v) for name, v in cpu_ms.items()}
+        for name, _ in arms:
+            print(f"[{patch}] {name}/plain = {med[name]:.2f}/{med['plain']:.2f} patches/s = "
+                  f"{med[name] / med['plain']:.3f}; CPU ms/patch {cpu_med[name]:.1f} vs {cpu_med['plain']:.1f} "
+                  f"(CPU-time ratio {cpu_med['plain'] / cpu_med[name]:.3f})")
+        ratios[patch] = med["package"] / med["plain"]
+    print(" ".join(f"train_to_plain_ratio_{p}={v:.3f}" for p, v in ratios.items()))
     return 0
 
 

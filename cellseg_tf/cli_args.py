@@ -34,7 +34,7 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--channels", type=int, choices=(1, 3))
     p.add_argument("--mask-threshold", type=float, help="mask pixel > this is foreground (127: anti-aliased masks)")
     p.add_argument("--time-budget", type=float, help="stop after this many seconds of training")
-    p.add_argument("--mixed-precision", choices=("auto", "on", "off"))
+    p.add_argument("--mixed-precision", choices=("auto", "on", "bfloat16", "off"))
     p.add_argument("--config", help="YAML/JSON TrainConfig; flags override it")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="set any TrainConfig field, VALUE as YAML (repeatable): --set model_options={base_filters: 8}")

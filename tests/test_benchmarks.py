@@ -18,10 +18,18 @@ def _load(name: str):
     return module
 
 
-def test_bench_train_runs_the_default_config_with_its_model_dependent_learning_rate(capsys):
-    assert _load("bench_train").main(["--steps", "1", "--warmup", "1", "--patch-size", "32", "--batch-size", "2"]) == 0
-    out = capsys.readouterr().out
-    assert "train patches/s" in out and "model=unet" in out
+def test_bench_train_times_a_real_train_run_against_the_plain_loop(capsys, tmp_path):
+    from cellseg_tf.data.synthetic import make_dataset
+
+    manifest = make_dataset(tmp_path, n_images=4, shape=(64, 64), splits=(3, 1, 0), seed=0)
+    args = ["--seconds", "2", "--sizes", "32", "--rounds", "1", "--batch-size", "2", "--base-filters", "4",
+            "--depth", "2", "--manifest", str(manifest), "--arm", "f32:mixed_precision='off'"]
+    assert _load("bench_train").main(args) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    patches = {line.split()[3].rstrip(":"): int(line.split()[4]) for line in lines if " round 0 " in line}
+    assert set(patches) == {"plain", "package", "f32"} and min(patches.values()) >= 2  # every arm trained
+    ratio = float(lines[-1].split("=")[1])
+    assert lines[-1].startswith("train_to_plain_ratio_32=") and ratio > 0
 
 
 @pytest.mark.slow

@@ -89,6 +89,17 @@ def test_train_and_val_datasets_shapes(channels):
     assert sum(int(x.shape[0]) for x, _ in val_dataset(pairs, P, 5)) == n
 
 
+@pytest.mark.parametrize("start", [0, 3])
+def test_train_batches_are_the_per_patch_draws_stacked(start):
+    pairs = [_pair(), _pair(seed=1)]
+    sampler = PatchSampler(pairs, P, "default", seed=2)
+    batches = [(x.numpy(), y.numpy()) for x, y in train_dataset(None, P, 4, start=start, sampler=sampler).take(3)]
+    for b, (x, y) in enumerate(batches):  # batch b = sample indices start + 4b ... start + 4b + 3, in order
+        draws = [sampler.sample(start + 4 * b + j) for j in range(4)]
+        np.testing.assert_array_equal(x, np.stack([d[0] for d in draws]))
+        np.testing.assert_array_equal(y, np.stack([d[1] for d in draws]))
+
+
 def test_oversampling_raises_small_roi_share():
     pairs = [_pair(64, 64)]
     plain = PatchSampler(pairs, P, "none", seed=0)

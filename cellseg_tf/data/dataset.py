@@ -5,8 +5,9 @@ validation yields the fixed grid of patches covering each validation image, so v
 epochs. The target is the binary mask (K = 1, "binary") or, for instance-label masks, a target derived from the
 augmented label patch (`targets.derive_target`: "contour" / "distance", K = 2, channel 0 = foreground);
 `load_training_pairs` decides which ("auto") and says why when it cannot follow an explicit request.
-Augmentation runs in numpy (albumentations) through `tf.numpy_function` with a parallel map; each element's
-randomness comes only from (seed, element index), so seeded runs reproduce exactly whatever the thread schedule.
+Augmentation runs in numpy (albumentations) through `tf.numpy_function`, one call per batch, batches drawn by a
+parallel map; each element's randomness comes only from (seed, element index), so seeded runs reproduce exactly
+whatever the thread schedule.
 One exception: with hard-example mining, the first batches of an epoch may have been prefetched before the epoch-end
 callback re-weighted the draws, and how many depends on timing (the mined weights apply from then on).
 
@@ -218,6 +219,11 @@ class PatchSampler:
             return img, msk[..., None].astype(np.float32)
         return img, derive_target(msk, self.target)
 
+    def sample_batch(self, indices) -> tuple[np.ndarray, np.ndarray]:
+        """`sample(i)` for each index, stacked: (B, P, P, C) float32 images, (B, P, P, K) float32 targets."""
+        draws = [self.sample(int(i)) for i in np.asarray(indices).ravel()]
+        return np.stack([d[0] for d in draws]), np.stack([d[1] for d in draws])
+
 
 def train_dataset(pairs: list[Pair], patch_size: int, batch_size: int, policy: str = "default", seed: int = 0,
                   start: int = 0, foreground_weights=None, sampler: PatchSampler | None = None):
@@ -227,6 +233,11 @@ def train_dataset(pairs: list[Pair], patch_size: int, batch_size: int, policy: s
     to draw from instead (needed for hard mining, whose callback re-weights that sampler); then `pairs`, `policy`,
     `seed`, `foreground_weights` and the target kind are taken from it. Without one, the pairs' masks are binary
     (target "binary").
+
+    Batch b holds sample indices start + b·B ... start + b·B + B − 1, drawn by one `tf.numpy_function` call per
+    batch (`PatchSampler.sample_batch`; batches are drawn in parallel): one Python call per batch instead of one per
+    patch halves the pipeline's CPU time per patch (docs/TRAINING.md, "Speed"); the stream is the same as drawing
+    patch by patch.
     """
     import tensorflow as tf
 
@@ -236,14 +247,14 @@ def train_dataset(pairs: list[Pair], patch_size: int, batch_size: int, policy: s
         raise ValueError(f"sampler draws {sampler.patch}-px patches but patch_size={patch_size}")
     c, k = sampler.channels, sampler.target_channels
 
-    def _draw(i):
-        img, msk = tf.numpy_function(sampler.sample, [i], [tf.float32, tf.float32], stateful=False)
-        img.set_shape((patch_size, patch_size, c))
-        msk.set_shape((patch_size, patch_size, k))
+    def _draw(indices):
+        img, msk = tf.numpy_function(sampler.sample_batch, [indices], [tf.float32, tf.float32], stateful=False)
+        img.set_shape((batch_size, patch_size, patch_size, c))
+        msk.set_shape((batch_size, patch_size, patch_size, k))
         return img, msk
 
-    ds = tf.data.Dataset.counter(start=start).map(_draw, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    ds = tf.data.Dataset.counter(start=start).batch(batch_size, drop_remainder=True)
+    return ds.map(_draw, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
 
 
 def grid_arrays(pairs: list[Pair], patch_size: int, overlap: int = 0,

@@ -13,6 +13,7 @@ from ..common.files import write_text_atomic
 from ..data.targets import TARGET_CHOICES
 
 STRATEGIES = ("auto", "default", "mirrored", "tpu", "multiworker")
+PRECISION_MODES = ("auto", "on", "bfloat16", "off")  # "on": mixed_float16 (GPUs); "bfloat16": mixed_bfloat16
 DEFAULT_EPOCHS = 40
 DEFAULT_PATIENCE = 5
 UNLIMITED_EPOCHS = 100_000  # "until the time budget is spent"
@@ -46,7 +47,8 @@ class TrainConfig:
     early_stopping_patience: int | None = None  # None: 5 (Das et al. 2025), or off with a time budget; 0 disables
     time_budget_s: float = 0.0         # stop after this many seconds of training (0 = no limit)
     val_fraction: float = 0.2          # used only when the manifest has no split=val rows
-    mixed_precision: str = "auto"      # auto | on | off
+    mixed_precision: str = "auto"      # auto | on (float16) | bfloat16 | off; auto: float16 on a GPU, else float32;
+                                       # bfloat16 is opt-in (docs/TRAINING.md, "Speed")
     seed: int = 0
     verbose: int = 1
     # --- optimiser and learning-rate schedule (cellseg_tf.schedules registries) ---
@@ -79,8 +81,8 @@ class TrainConfig:
             raise ValueError(f"time_budget_s must be >= 0, got {self.time_budget_s}")
         if self.channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {self.channels}")
-        if self.mixed_precision not in ("auto", "on", "off"):
-            raise ValueError(f"mixed_precision must be auto, on or off, got {self.mixed_precision!r}")
+        if self.mixed_precision not in PRECISION_MODES:
+            raise ValueError(f"mixed_precision must be one of {', '.join(PRECISION_MODES)}, got {self.mixed_precision!r}")
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         if not 0 <= self.norm_low < self.norm_high <= 100:

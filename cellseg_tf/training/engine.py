@@ -14,6 +14,7 @@ import csv
 import math
 import os
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,24 +61,54 @@ def default_steps_per_epoch(pairs: list[Pair], patch_size: int, batch_size: int)
     return max(8, math.ceil(2 * pixels / (patch_size ** 2 * batch_size)))
 
 
-def resolve_mixed_precision(mode: str) -> bool:
-    """auto -> True only when the Keras backend sees a GPU (`models.loading.accelerator_available`)."""
-    if mode == "on":
-        return True
-    if mode == "off":
+def cpu_has_native_bfloat16() -> bool:
+    """Whether this CPU has bfloat16 dot-product instructions (x86 flags avx512_bf16 or amx_bf16 in /proc/cpuinfo),
+    so that oneDNN runs bfloat16 convolutions natively; without them bfloat16 is emulated and slower than float32."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            flags = set(fh.read().split())
+    except OSError:
         return False
+    return bool({"avx512_bf16", "amx_bf16"} & flags)
+
+
+def resolve_precision(mode: str) -> str:
+    """TrainConfig.mixed_precision -> a Keras dtype policy name: "float32", "mixed_float16" or "mixed_bfloat16".
+
+    on -> mixed_float16; bfloat16 -> mixed_bfloat16 (opt-in: faster per step on CPUs with native bfloat16
+    instructions, but its effect on accuracy has not been validated across the real sets yet, so it is not chosen
+    automatically; on a CPU without them it is emulated and slower, and a warning says so); off -> float32;
+    auto -> mixed_float16 when the Keras backend sees a GPU (`models.loading.accelerator_available`), else float32.
+    """
+    fixed = {"on": "mixed_float16", "bfloat16": "mixed_bfloat16", "off": "float32"}
+    if mode == "bfloat16" and not cpu_has_native_bfloat16():
+        from ..models.loading import accelerator_available
+
+        if not accelerator_available():
+            warnings.warn("mixed_precision=bfloat16 on a CPU without native bfloat16 instructions is emulated and "
+                          "slower than float32", UserWarning, stacklevel=2)
+    if mode in fixed:
+        return fixed[mode]
     from ..models.loading import accelerator_available
 
-    return accelerator_available()
+    return "mixed_float16" if accelerator_available() else "float32"
+
+
+def resolve_mixed_precision(mode: str) -> bool:
+    """Whether `mode` trains under a mixed (float16 or bfloat16) policy (`resolve_precision`)."""
+    return resolve_precision(mode) != "float32"
 
 
 @contextlib.contextmanager
-def precision_policy(mixed: bool):
-    """Set the Keras global dtype policy for the block and restore the previous one after (no leakage)."""
+def precision_policy(policy: str | bool):
+    """Set the Keras global dtype policy for the block and restore the previous one after (no leakage).
+    `policy`: a policy name ("float32", "mixed_float16", "mixed_bfloat16"); True/False mean mixed_float16/float32."""
     import keras
 
+    if isinstance(policy, bool):
+        policy = "mixed_float16" if policy else "float32"
     previous = keras.mixed_precision.global_policy().name
-    keras.mixed_precision.set_global_policy("mixed_float16" if mixed else "float32")
+    keras.mixed_precision.set_global_policy(policy)
     try:
         yield
     finally:
@@ -216,7 +247,7 @@ def train(config: TrainConfig, samples: list[Sample] | None = None, *, resume: b
     keras.utils.set_random_seed(config.seed + epoch)  # a resumed run does not replay epoch 0's dropout masks
     val_ds = val_dataset(val_pairs, config.patch_size, config.batch_size, target=target)
 
-    mixed = resolve_mixed_precision(config.mixed_precision)
+    policy = resolve_precision(config.mixed_precision)
     strategy = select_strategy(config.strategy)
     best_cb = BestCheckpoint(best_path, monitor="val_dice", mode="max")
     best_cb.set_resume_state(saved_cb.get("best"))
@@ -246,7 +277,7 @@ def train(config: TrainConfig, samples: list[Sample] | None = None, *, resume: b
 
     model, loaded_phase, stop_reason = None, None, "epochs"
     if state:
-        with precision_policy(mixed), strategy.scope():
+        with precision_policy(policy), strategy.scope():
             model = keras.models.load_model(last_path)
         if target_kind(model) != target:
             raise ValueError(f"{last_path}: the model predicts target {target_kind(model)!r} but the data now give "
@@ -267,7 +298,7 @@ def train(config: TrainConfig, samples: list[Sample] | None = None, *, resume: b
         plan = RunPlan(total_steps=(phase.end - phase_start) * steps, time_budget_s=config.time_budget_s,
                        elapsed_s=elapsed)
         schedule = build_schedule(config.schedule, lr, steps, plan=plan, **config.schedule_options)
-        with precision_policy(mixed), strategy.scope():
+        with precision_policy(policy), strategy.scope():
             if model is None:
                 if {"out_channels", "target"} & set(config.model_options):
                     raise ValueError("set the output target with TrainConfig.target, not model_options")
@@ -301,7 +332,8 @@ def train(config: TrainConfig, samples: list[Sample] | None = None, *, resume: b
             run_state = RunState(run, phase_resumables, already_s=elapsed,
                                  info={"epochs_done": epoch, "steps_per_epoch": steps, "phase": phase.name,
                                        "phase_start": phase_start, "strategy": strategy_name(strategy),
-                                       "mixed_precision": mixed, "target": target})
+                                       "mixed_precision": policy != "float32", "precision": policy,
+                                       "target": target})
             cbs = fixed + ([early] if early else []) + schedule.callbacks + [csv_logger]
             cbs += [c for c in (tensorboard, budget) if c is not None] + [run_state] + list(callbacks or [])
             train_ds = train_dataset(train_pairs, config.patch_size, config.batch_size, config.augmentation,
