@@ -6,8 +6,8 @@ probability for "contour" targets or normalised distance to the cell border for 
 (contour, distance); holes filled, small objects dropped, ids renumbered. `InstanceParams` holds the knobs and is
 saved as RUN/instances.yaml by the validation grid search (`tuning`).
 
-Scoring: IoU-based matching of objects, instance P/R/F1 and mAP@0.5:0.95. Label images are (H, W) integer arrays: 0 = background, every other value one object (values need
-not be consecutive). Matching follows StarDist's `matching` (Schmidt et al. 2018): a one-to-one assignment that first
+Scoring: IoU-based matching of objects, instance P/R/F1 and mAP@0.5:0.95. Label images are (H, W) integer arrays:
+0 = background, every other value one object (values need not be consecutive). Matching follows StarDist's `matching` (Schmidt et al. 2018): a one-to-one assignment that first
 maximises the number of pairs with IoU >= threshold and, among those, the summed IoU (Hungarian algorithm via
 scipy.optimize.linear_sum_assignment). For thresholds >= 0.5 the matching is unique anyway (an object can overlap at
 most one other object by more than half of their union).
@@ -51,8 +51,7 @@ def label_components(mask: np.ndarray, connectivity: int = 2) -> np.ndarray:
 
 def is_label_image(arr: np.ndarray) -> bool:
     """True when a mask holds more than one distinct nonzero value (it names objects, not just foreground)."""
-    nz = np.asarray(arr)[np.asarray(arr) != 0]
-    return bool(nz.size) and bool((nz != nz[0]).any())
+    return np.unique(np.asarray(arr)[np.asarray(arr) != 0]).size > 1
 
 
 # ------------------------------------------------------------------------------------------- maps -> labels
@@ -109,8 +108,7 @@ class InstanceParams:
 
 
 def save_instance_params(path: str | os.PathLike, params: InstanceParams, **info) -> Path:
-    """Write RUN/instances.yaml atomically: the params at top level, anything in `info` (kind, scores) under
-    `tuning:`."""
+    """Write RUN/instances.yaml atomically: the params at top level, `info` (kind, scores) under `tuning:`."""
     import yaml
 
     data = params.to_dict()
