@@ -117,3 +117,12 @@ def test_earlier_freeze_keys_load_with_a_warning(tmp_path):
     with pytest.warns(FutureWarning, match="unfreeze_blocks='all'"):
         assert TrainConfig().override(["fine_tune_layers=0"]).unfreeze_blocks == "all"
     assert "fine_tune_layers" not in config.to_dict() and "encoder_layers" not in config.to_dict()
+
+
+def test_bare_on_off_words_stay_words_for_string_fields(tmp_path):
+    """YAML 1.1 reads `off` as False: `--set mixed_precision=off` and a config file's `mixed_precision: off` work."""
+    assert TrainConfig().override(["mixed_precision=off"]).mixed_precision == "off"
+    assert TrainConfig().override(["mixed_precision=on"]).mixed_precision == "on"
+    path = tmp_path / "c.yaml"
+    path.write_text("mixed_precision: off\n")
+    assert TrainConfig.load(path).mixed_precision == "off"

@@ -200,6 +200,8 @@ def _coerce(key: str, value, default):
         raise ValueError(f"config field {key}: cannot use {value!r}; give 'all' or a number of encoder blocks")
     if value is None or isinstance(default, str) and isinstance(value, str):
         return value
+    if isinstance(default, str) and isinstance(value, bool):  # YAML 1.1 reads a bare on/off/yes/no as a boolean
+        return "on" if value else "off"
     if default is None and key in _OPTIONAL_TYPES:
         default = _OPTIONAL_TYPES[key]()
     try:
