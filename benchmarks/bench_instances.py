@@ -11,7 +11,7 @@ The package arms call `training.engine.train(TrainConfig(target=..., time_budget
 its default. Every arm trains on the same train rows and validates / tunes on the same val rows (the manifest's, or
 the seeded share `engine.split_train_val` holds out), written to OUT/<set>/train.csv; each writes instance label
 TIFFs for the TEST rows (OUT/<set>/test.csv) once training and tuning are over, and all are scored by the same
-code, cellseg_tf's evaluation (`analysis.evaluation.image_scores`: `predict.instances.instance_metrics`, pixel Dice).
+code, cellseg_tf's evaluation (`analysis.evaluation.image_scores`: `predict.matching.instance_metrics`, pixel Dice).
 
 Scores: per-image means of instance F1 / precision / recall at IoU 0.5, mAP over IoU 0.5:0.95 (TP/(TP+FP+FN) per
 threshold) and pixel Dice; f1_pooled sums TP/FP/FN over the test images first. val_f1 is the pooled F1@0.5 of each

@@ -299,7 +299,7 @@ def test_saved_instance_labels_are_scored_when_present(tmp_path):
 
 
 def test_summarize_sums_instance_counts_over_images():
-    from cellseg_tf.predict.instances import MAP_THRESHOLDS, tp_column
+    from cellseg_tf.predict.matching import MAP_THRESHOLDS, tp_column
 
     t = np.zeros((20, 20), np.int32)
     t[0:10, 0:10], t[12:17, 12:17] = 1, 2

@@ -4,10 +4,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cellseg_tf.predict.instances import (MAP_THRESHOLDS, InstanceParams, as_label_image, instance_metrics,
-                                          instance_scores, iou_matrix, is_label_image, label_components,
-                                          label_image_dtype, labels_from_maps, load_instance_params, match_ious,
-                                          mean_average_precision, run_instance_params, save_instance_params)
+from cellseg_tf.predict.instances import (InstanceParams, as_label_image, is_label_image, label_components,
+                                          label_image_dtype, labels_from_maps, load_instance_params,
+                                          run_instance_params, save_instance_params)
+from cellseg_tf.predict.matching import (MAP_THRESHOLDS, instance_metrics, instance_scores, iou_matrix, match_ious,
+                                         mean_average_precision)
 
 
 def test_components_connectivity():

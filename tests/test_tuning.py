@@ -6,8 +6,9 @@ import pandas as pd
 import pytest
 from scipy import ndimage
 
-from cellseg_tf.predict.instances import InstanceParams, instance_scores, labels_from_maps, load_instance_params
-from cellseg_tf.predict.tuning import GRID_COLUMNS, default_grid, truth_labels, tune_instances, write_tuning
+from cellseg_tf.predict.instances import InstanceParams, labels_from_maps, load_instance_params, mask_labels
+from cellseg_tf.predict.matching import instance_scores
+from cellseg_tf.predict.tuning import GRID_COLUMNS, default_grid, tune_instances, write_tuning
 
 
 def _cells(seed: int, size: int = 72, n: int = 7):
@@ -19,7 +20,7 @@ def _cells(seed: int, size: int = 72, n: int = 7):
         cy, cx = rng.integers(8, size - 8, 2)
         r = rng.integers(3, 10)
         t[((yy - cy) ** 2 + (xx - cx) ** 2 < r * r) & (t == 0)] = i
-    t = truth_labels(t)  # renumber if a disc was swallowed whole
+    t = mask_labels(t)[0]  # renumber if a disc was swallowed whole
     fg = (t > 0).astype(np.float32)
     dist = np.zeros_like(fg)
     for i in range(1, t.max() + 1):

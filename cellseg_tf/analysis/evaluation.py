@@ -33,8 +33,8 @@ from typing import Callable
 
 import numpy as np
 
-from ..predict.instances import (MAP_THRESHOLDS, instance_metrics, is_label_image, label_components,
-                                 summed_instance_scores, tp_column)
+from ..predict.instances import mask_labels
+from ..predict.matching import MAP_THRESHOLDS, instance_metrics, summed_instance_scores, tp_column
 from ..data.io import ImageReadError, read_mask
 from ..data.manifest import Sample
 from ..predict.options import output_paths
@@ -191,9 +191,7 @@ SCORE_COLUMNS = ("dice", "iou", "precision", "recall", "accuracy", "f1", "ssim",
 def _as_labels(arr: np.ndarray, connectivity: int) -> tuple[np.ndarray, np.ndarray, str]:
     """(binary mask, instance labels, "labels"|"components") from a mask read with instances=True."""
     arr = np.asarray(arr)
-    if is_label_image(arr):
-        return arr > 0, arr.astype(np.int32), "labels"
-    return arr > 0, label_components(arr, connectivity), "components"
+    return (arr > 0, *mask_labels(arr, connectivity))
 
 
 def image_scores(pred: np.ndarray, truth: np.ndarray, groups=tuple(METRIC_GROUPS), connectivity: int = 2,

@@ -22,8 +22,8 @@ from typing import Sequence
 
 import numpy as np
 
-from .instances import (InstanceParams, LABELLERS, iou_matrix, is_label_image, label_components, match_ious,
-                        save_instance_params)
+from .instances import InstanceParams, LABELLERS, mask_labels, save_instance_params
+from .matching import iou_matrix, match_ious
 from ..common.files import write_text_atomic
 from .options import PredictOptions
 
@@ -48,12 +48,6 @@ def default_grid(kind: str) -> dict[str, tuple]:
     """The grid searched for a target kind: binary maps have no seeds, so only fg threshold × min size."""
     seeds = (InstanceParams().seed_threshold,) if kind == "binary" else SEED_THRESHOLDS
     return {"fg_threshold": FG_THRESHOLDS, "seed_threshold": seeds, "min_size": MIN_SIZES}
-
-
-def truth_labels(mask: np.ndarray) -> np.ndarray:
-    """A truth mask as read with instances=True -> (H, W) int32 labels (its connected components if binary)."""
-    mask = np.asarray(mask)
-    return mask.astype(np.int32) if is_label_image(mask) else label_components(mask)
 
 
 def _counts(iou: np.ndarray, keep: np.ndarray) -> tuple[int, int, int, float]:
@@ -172,8 +166,8 @@ def tune_run(run: str | os.PathLike, model: str | os.PathLike | None = None,
     for s in tqdm(samples, desc="predict val", unit="img", disable=not progress):
         m, _ = predictor.predict_file(s.image)
         maps.append(m)
-        truths.append(truth_labels(read_mask(s.mask, threshold=threshold) if threshold > 0 else
-                                   read_mask(s.mask, instances=True)))
+        truths.append(mask_labels(read_mask(s.mask, threshold=threshold) if threshold > 0 else
+                                  read_mask(s.mask, instances=True))[0])
     result = tune_instances(maps, truths, kind, grid, progress=progress)
     write_tuning(run, result, kind)
     return result
