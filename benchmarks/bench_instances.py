@@ -183,9 +183,12 @@ def run_package_arm(kind: str, splits: Splits, minutes: float, out: Path, overri
         res.tune_s = time.perf_counter() - t0
     predictor = Predictor.from_files([result.best_model])
     saved_kind = target_kind(predictor.models[0])
-    if saved_kind != kind:
-        res.note = f"trained as {saved_kind}"
+    notes = [f"trained as {saved_kind}"] if saved_kind != kind else []
     params = run_instance_params([result.best_model])
+    notes.append(f"tta={predictor.options.tta}")       # tta "auto": the run's validated choice
+    if kind != "binary":
+        notes.append(" ".join(f"{k}={v}" for k, v in params.to_dict().items()))
+    res.note = "; ".join(notes)
 
     def predict(samples: list[Sample], folder: Path) -> tuple[dict, float]:
         written, seconds = {}, 0.0

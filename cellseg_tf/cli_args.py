@@ -85,7 +85,7 @@ def build_parser(handlers: Mapping[str, Callable[[argparse.Namespace], int]] | N
     p.add_argument("--ignore-fold-column", action="store_true", help="seeded k-fold even if the manifest has folds")
     add_quiet(p)
 
-    from .predict.options import PRECISIONS, PROB_FORMATS, TILINGS, TTA_MODES, VOTES
+    from .predict.options import PRECISIONS, PROB_FORMATS, TILINGS, TTA_CHOICES, VOTES
 
     p = sub.add_parser("predict", help="tiled (ensemble) prediction over a folder, list file or manifest")
     p.add_argument("--model", action="append", required=True,
@@ -101,8 +101,10 @@ def build_parser(handlers: Mapping[str, Callable[[argparse.Namespace], int]] | N
                    help="overlap: blended overlapping tiles (no seams); grid: non-overlapping patchify grid")
     p.add_argument("--vote", choices=VOTES, default="soft",
                    help="soft: weighted mean probability > threshold; hard: weighted majority of binarised models")
-    p.add_argument("--tta", nargs="?", const="d4", default="none", choices=tuple(TTA_MODES),
-                   help="test-time augmentation: flip (4 flips) or d4 (8 flips/rotations; the default of bare --tta)")
+    p.add_argument("--tta", nargs="?", const="d4", default="auto", choices=TTA_CHOICES,
+                   help="test-time augmentation: flip (4 flips), d4 (8 flips/rotations; the default of bare --tta), "
+                        "none, or auto (default: what the models' run chose on its validation images when it was "
+                        "tuned, RUN/instances.yaml; else none)")
     p.add_argument("--group-weight", action="append", metavar="GROUP=W",
                    help="vote weight of every model of a group: z (files named z_*) or standard; default 1")
     p.add_argument("--model-weights", metavar="W1,W2,...", help="extra per-model weights, in --model order")
@@ -118,6 +120,12 @@ def build_parser(handlers: Mapping[str, Callable[[argparse.Namespace], int]] | N
     p.add_argument("--seed-threshold", type=float,
                    help="--instances: cell-core threshold on the boundary/distance map (default: RUN/instances.yaml, "
                         "else 0.5)")
+    p.add_argument("--merge-threshold", type=float,
+                   help="--instances: join touching cells whose shared border scores above this as cell interior "
+                        "(default: RUN/instances.yaml, else 1 = never)")
+    p.add_argument("--small-fraction", type=float,
+                   help="--instances: cells under this fraction of the image's median cell area join their "
+                        "neighbour (default: RUN/instances.yaml, else 0 = off)")
     p.add_argument("--overwrite", action="store_true", help="recompute images whose outputs already exist")
     p.add_argument("--norm-low", type=float, help="normalisation percentile (default: the models' run config, else 2)")
     p.add_argument("--norm-high", type=float, help="normalisation percentile (default: the run config, else 98)")

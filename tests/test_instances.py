@@ -364,6 +364,12 @@ def test_cli_predict_instances_flags_then_evaluate_and_morphometry(tmp_path, cap
     assert read_mask(out / "cells_instances.tif", instances=True).max() < t.max()   # one seed per blob: merged
     assert main(base) == 0                                                           # defaults split them
     assert read_mask(out / "cells_instances.tif", instances=True).max() == t.max()
+    assert yaml.safe_load((out / "predict_config.yaml").read_text())["options"]["tta"] == "none"  # no run: auto=none
+    assert main(base + ["--merge-threshold", "0.0", "--small-fraction", "0.1"]) == 0  # every touching pair joins
+    params = yaml.safe_load((out / "predict_config.yaml").read_text())["options"]["instance_params"]
+    assert (params["merge_threshold"], params["small_fraction"]) == (0.0, 0.1)
+    assert read_mask(out / "cells_instances.tif", instances=True).max() < t.max()
+    assert main(base) == 0
     capsys.readouterr()
     assert main(["evaluate", "--pred", str(out), "--manifest", str(tmp_path / "manifest.csv"),
                  "--out", str(tmp_path / "report.csv"), "--quiet"]) == 0
@@ -371,3 +377,62 @@ def test_cli_predict_instances_flags_then_evaluate_and_morphometry(tmp_path, cap
     assert main(["morphometry", "--pred", str(out), "--input", str(tmp_path / "in"),
                  "--out", str(tmp_path / "cells.csv"), "--quiet"]) == 0
     assert capsys.readouterr().out.startswith(f"images=1 cells={t.max()} ")
+
+
+def _two_peak_cell(size=(48, 80)):
+    """One elongated cell whose distance map has two peaks (1.0) and a high saddle (0.6) between them: a second
+    seed cuts it in two, but nothing along the cut says "border"."""
+    yy, xx = np.mgrid[:size[0], :size[1]]
+    fg = (((yy - 24) / 14.0) ** 2 + ((xx - 40) / 34.0) ** 2 < 1).astype(np.float32)
+    peaks = np.maximum(np.exp(-((yy - 24) ** 2 + (xx - 24) ** 2) / 60.0), np.exp(-((yy - 24) ** 2 + (xx - 56) ** 2) / 60.0))
+    dist = fg * np.clip(0.6 + 0.4 * peaks, 0, 1) * np.clip(1 - ((yy - 24) / 14.0) ** 2, 0, 1) ** 0.2
+    return np.stack([fg, dist.astype(np.float32)], -1)
+
+
+def test_merge_threshold_joins_a_cell_cut_by_a_second_seed_but_not_touching_cells():
+    from cellseg_tf.predict.instances import merge_weak_borders
+
+    cell = _two_peak_cell()
+    assert labels_from_maps(cell, "distance", InstanceParams(seed_threshold=0.8, min_size=0)).max() == 2
+    assert labels_from_maps(cell, "distance", InstanceParams(seed_threshold=0.8, min_size=0,
+                                                             merge_threshold=0.4)).max() == 1
+    t, _, contour, distance = _touching_discs()
+    for kind, maps in (("contour", contour), ("distance", distance)):   # a real border scores ~0: kept apart
+        labels = labels_from_maps(maps, kind, InstanceParams(merge_threshold=0.4))
+        assert instance_scores(t, labels).tp == 2, kind
+    # transitive: three strips in a row of one uniform core all become one id
+    strips = np.repeat(np.repeat(np.arange(1, 4, dtype=np.int32), 5)[None], 4, 0)
+    merged = merge_weak_borders(strips, np.ones(strips.shape, np.float32), 0.5)
+    assert np.unique(merged).size == 1
+    np.testing.assert_array_equal(merge_weak_borders(strips, np.ones(strips.shape, np.float32), 1.0), strips)
+
+
+def test_small_fraction_fragments_join_their_longest_neighbour_or_go():
+    from cellseg_tf.predict.instances import absorb_fragments
+
+    labels = np.zeros((40, 60), np.int32)
+    labels[0:20, 0:20] = 1                      # 400 px
+    labels[0:20, 24:44] = 2                     # 400 px
+    labels[0:3, 20:24] = 3                      # 12-px fragment between them: 3 px border with 1, 3 with 2 ...
+    labels[3:8, 20:22] = 3                      # ... + 5 more px along cell 1: joins 1
+    labels[30:33, 50:53] = 4                    # 9-px isolated fragment: dropped
+    labels[25:40, 0:20] = 5                     # 300 px: not a fragment at fraction 0.3 (median 300)
+    out = absorb_fragments(labels, 0.3)
+    assert (out[labels == 3] == 1).all() and (out[labels == 4] == 0).all()
+    assert (out[labels == 2] == 2).all() and (out[labels == 5] == 5).all()
+    np.testing.assert_array_equal(absorb_fragments(labels, 0.0), labels)
+    # relative to the image's own cells: the same fragment next to small cells is a cell
+    small = np.zeros((20, 40), np.int32)
+    small[0:3, 0:4], small[10:13, 10:14], small[0:3, 30:34] = 1, 2, 3
+    np.testing.assert_array_equal(absorb_fragments(small, 0.3), small)
+
+
+def test_new_instance_params_validate_and_round_trip(tmp_path):
+    from cellseg_tf.predict.instances import save_instance_params
+
+    with pytest.raises(ValueError, match="merge_threshold"):
+        InstanceParams(merge_threshold=1.5)
+    with pytest.raises(ValueError, match="small_fraction"):
+        InstanceParams(small_fraction=-0.1)
+    p = InstanceParams(merge_threshold=0.3, small_fraction=0.2)
+    assert load_instance_params(save_instance_params(tmp_path / "i.yaml", p)) == p

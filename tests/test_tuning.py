@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from scipy import ndimage
 
-from cellseg_tf.predict.instances import InstanceParams, labels_from_maps, load_instance_params, mask_labels
+from cellseg_tf.predict.instances import InstanceParams, labels_from_maps, load_instance_params, mask_labels, run_tta
 from cellseg_tf.predict.matching import instance_scores
 from cellseg_tf.predict.tuning import GRID_COLUMNS, default_grid, tune_instances, write_tuning
 
@@ -34,18 +34,22 @@ def _cells(seed: int, size: int = 72, n: int = 7):
 def test_grid_scores_equal_direct_labelling_and_scoring():
     data = [_cells(s) for s in range(3)]
     truths, maps = [d[0] for d in data], [d[1] for d in data]
-    grid = {"fg_threshold": (0.4, 0.5, 0.6), "seed_threshold": (0.3, 0.5, 0.7), "min_size": (0, 16, 60)}
+    grid = {"fg_threshold": (0.4, 0.5, 0.6), "seed_threshold": (0.3, 0.5, 0.7), "merge_threshold": (0.3, 1.0),
+            "small_fraction": (0.0, 0.3), "min_size": (0, 16, 60)}
     result = tune_instances(maps, truths, "distance", grid)
-    assert list(result.grid.columns) == GRID_COLUMNS and len(result.grid) == 27
+    assert list(result.grid.columns) == GRID_COLUMNS and len(result.grid) == 108
     for _, row in result.grid.iterrows():
         params = InstanceParams(fg_threshold=row.fg_threshold, seed_threshold=row.seed_threshold,
-                                min_size=int(row.min_size))
+                                min_size=int(row.min_size), merge_threshold=row.merge_threshold,
+                                small_fraction=row.small_fraction)
         scores = [instance_scores(t, labels_from_maps(m, "distance", params)) for t, m in zip(truths, maps)]
         assert (row.tp, row.fp, row.fn) == (sum(s.tp for s in scores), sum(s.fp for s in scores),
                                             sum(s.fn for s in scores)), row.to_dict()
     assert result.f1 == result.grid.f1.max()
-    assert (result.params.fg_threshold, result.params.seed_threshold, result.params.min_size) == \
-        (result.grid.fg_threshold[0], result.grid.seed_threshold[0], result.grid.min_size[0])
+    best = result.grid.iloc[0]
+    assert (result.params.fg_threshold, result.params.seed_threshold, result.params.min_size,
+            result.params.merge_threshold, result.params.small_fraction) == \
+        (best.fg_threshold, best.seed_threshold, best.min_size, best.merge_threshold, best.small_fraction)
     # the defaults are a grid point, so the search finds something at least as good
     default = [instance_scores(t, labels_from_maps(m, "distance")) for t, m in zip(truths, maps)]
     tp = sum(s.tp for s in default)
@@ -59,9 +63,10 @@ def test_binary_grid_has_no_seed_axis_and_min_size_removes_noise():
     speckled[::9, ::9, 0] = 1.0                                 # isolated 1-px false positives
     result = tune_instances([speckled], [t], "binary", {"fg_threshold": (0.5,)})
     assert default_grid("binary")["seed_threshold"] == (InstanceParams().seed_threshold,)
-    assert len(result.grid) == len(default_grid("binary")["min_size"])
+    assert default_grid("binary")["merge_threshold"] == (1.0,)          # binary maps have no borders to judge
+    assert len(result.grid) == len(default_grid("binary")["min_size"]) * len(default_grid("binary")["small_fraction"])
     assert result.params.min_size > 0                            # the speckles cost precision at min_size 0
-    zero = result.grid[result.grid.min_size == 0].iloc[0]
+    zero = result.grid[(result.grid.min_size == 0) & (result.grid.small_fraction == 0)].iloc[0]
     assert zero.fp > result.grid.iloc[0].fp
 
 
@@ -89,7 +94,7 @@ def test_tune_run_uses_the_validation_split_and_writes_the_run_files(tmp_path):
     """A pass-through distance model (see test_instances) on a run folder: val images only, files written."""
     from cellseg_tf.data.io import write_png, write_tiff
     from cellseg_tf.data.manifest import write_manifest
-    from cellseg_tf.predict.instances import run_instance_params
+    from cellseg_tf.predict.instances import run_instance_params, run_tta
     from cellseg_tf.predict.tuning import tune_run, validation_samples
     from cellseg_tf.training.config import TrainConfig
     from tests.test_instances import _cell_field, _maps_model
@@ -114,6 +119,28 @@ def test_tune_run_uses_the_validation_split_and_writes_the_run_files(tmp_path):
     assert result.grid[result.grid.seed_threshold == 0.0].f1.max() < 0.5
     assert run_instance_params([run / "best.keras"]) == result.params
     assert (run / "instances_grid.csv").is_file()
+    # tta "auto" tuned both; d4 of a pass-through model gives the same maps, so it is not better and not kept
+    assert result.tta == "none" and run_tta([run / "best.keras"]) == "none"
+
+
+def test_prediction_tta_auto_follows_the_runs_validated_choice(tmp_path):
+    """PredictOptions(tta="auto") -> the `tta` the run's tuning saved; explicit modes win; no run file -> none."""
+    from cellseg_tf.predict.inference import Predictor
+    from cellseg_tf.predict.instances import save_instance_params
+    from cellseg_tf.predict.options import PredictOptions
+    from tests.test_instances import _maps_model
+
+    run = tmp_path / "run"
+    run.mkdir()
+    _maps_model().save(run / "best.keras")
+    assert Predictor.from_files([run / "best.keras"]).options.tta == "none"
+    save_instance_params(run / "instances.yaml", InstanceParams(), kind="distance", tta="d4")
+    assert run_tta([run / "best.keras"]) == "d4"
+    assert Predictor.from_files([run / "best.keras"]).options.tta == "d4"
+    assert Predictor.from_files([run / "best.keras"], PredictOptions(tta="flip")).options.tta == "flip"
+    assert Predictor([_maps_model()]).options.tta == "none"          # in-memory models: nothing to ask
+    with pytest.raises(ValueError, match="tta must be one of"):
+        PredictOptions(tta="d8").validate()
 
 
 def test_cli_train_on_label_masks_tunes_the_cells(tmp_path, capsys):

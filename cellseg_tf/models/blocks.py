@@ -9,6 +9,7 @@ import keras
 import numpy as np
 from keras import layers
 
+from .fused_batchnorm import FusedBatchNormalization
 from .heads import target_head
 from .layers import ResizeLike
 
@@ -16,9 +17,10 @@ NORMALIZATIONS = ("batch", "instance")
 
 
 def normalization(name: str, norm: str = "batch"):
-    """BatchNorm (momentum 0.9: fast-settling statistics for short runs) or instance norm (GroupNorm, groups = C)."""
+    """BatchNorm (momentum 0.9: fast-settling statistics for short runs; `FusedBatchNormalization`, the same layer
+    computed by TF's fused kernel) or instance norm (GroupNorm, groups = C)."""
     if norm == "batch":
-        return layers.BatchNormalization(momentum=0.9, name=name)
+        return FusedBatchNormalization(momentum=0.9, name=name)
     if norm == "instance":
         return layers.GroupNormalization(groups=-1, name=name)
     raise ValueError(f"norm must be one of {NORMALIZATIONS}, got {norm!r}")

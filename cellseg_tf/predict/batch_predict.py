@@ -7,7 +7,7 @@
 - `<stem>_instances.tif` — cells (`instances=True`): `instances.labels_from_maps` on the ensemble's blended maps
   (binary models: components of the foreground; contour/distance models: seeded watershed), with the parameters of
   RUN/instances.yaml beside the models (else the defaults, with the mask's own threshold as foreground threshold)
-  overridden by `min_size`/`fg_threshold`/`seed_threshold`;
+  overridden by `min_size`/`fg_threshold`/`seed_threshold`/`merge_threshold`/`small_fraction`;
   uint16 (uint32 past 65535 cells). The whole image is labelled at once from its assembled maps (kept as float32,
   or as uint8 = p·255 above MAPS_FLOAT_BYTES), so neither tile seams nor the row bands of a streamed image cut a
   cell, and ids are unique over the image.
@@ -197,7 +197,7 @@ def write_predict_config(out: Path, models: Sequence[str], options: BatchOptions
     described = options.describe()
     if predictor is not None:
         resolved = predictor.options
-        described.update(patch_size=resolved.patch_size, batch_size=resolved.batch_size,
+        described.update(patch_size=resolved.patch_size, batch_size=resolved.batch_size, tta=resolved.tta,
                          norm_low=resolved.norm_low, norm_high=resolved.norm_high, target_kind=predictor.kind)
     if params is not None:
         described["instance_params"] = params.to_dict()
@@ -264,10 +264,11 @@ def predict_batch(inputs: Sequence[str | os.PathLike], models: Sequence[str | os
     if opts.instances:  # untuned default: cells where the mask is (the vote's own decision threshold)
         untuned = InstanceParams(fg_threshold=decision_threshold(opts.vote, opts.threshold))
         params = run_instance_params(models, untuned).replace(
-            min_size=opts.min_size, fg_threshold=opts.fg_threshold, seed_threshold=opts.seed_threshold)
+            min_size=opts.min_size, fg_threshold=opts.fg_threshold, seed_threshold=opts.seed_threshold,
+            merge_threshold=opts.merge_threshold, small_fraction=opts.small_fraction)
     if predictor is not None or not (out / CONFIG_NAME).is_file():
         write_predict_config(out, models, opts, predictor, params)
-    n_tta = len(TTA_MODES[opts.tta])
+    n_tta = len(TTA_MODES[predictor.options.tta]) if predictor is not None else 1
     done_count, last_flush = 0, time.perf_counter()
     bar = tqdm(todo, desc="predict", unit="img", disable=not opts.progress)
     for path, paths in bar:

@@ -30,7 +30,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .ensemble import binarize, build_tile_fn, member_inputs, member_target, member_weights, normalize_weights
-from .options import TTA_MODES, PredictOptions, run_normalization
+from .instances import run_tta
+from .options import TTA_AUTO, TTA_MODES, PredictOptions, run_normalization
 from ..data.io import read_image, to_channels
 from ..data.manifest import split_frame
 from ..data.preprocessing import intensity_range, normalize_rows, streamed_intensity_range
@@ -79,6 +80,8 @@ class Predictor:
         if not self.models:
             raise ValueError("no models given")
         opts = dataclasses.replace(options or PredictOptions()).validate()
+        if opts.tta == TTA_AUTO:           # no files to ask: `from_files` resolves "auto" from the models' runs
+            opts = dataclasses.replace(opts, tta="none")
         names = list(names) if names else [getattr(m, "name", f"model{i}") for i, m in enumerate(self.models)]
         self.channels, patch = member_inputs(self.models, names, opts.patch_size, DEFAULT_PATCH)
         self.kind, self.out_channels = member_target(self.models, names)
@@ -112,6 +115,8 @@ class Predictor:
         its run's config.yaml (`run_normalization`), else 2/98.
         """
         opts = dataclasses.replace(options or PredictOptions()).validate()
+        if opts.tta == TTA_AUTO:
+            opts = dataclasses.replace(opts, tta=run_tta(paths))
         weights = member_weights(paths, opts.group_weights, opts.model_weights)
         if opts.norm_low is None and opts.norm_high is None:
             trained = run_normalization(paths)

@@ -59,9 +59,15 @@ class InstanceParams:
     fg_threshold:   a pixel is cell when channel 0 (foreground probability) > this.
     seed_threshold: contour: a cell's core is foreground with boundary probability (ch1) < this;
                     distance: a cell's core is where the normalised distance to its border (ch1) > this.
-    min_size:       objects with fewer pixels are dropped (after watershed).
+    min_size:       objects with fewer pixels are dropped (last step).
     fill_holes:     fill background holes enclosed by foreground before splitting (so no cell has a hole).
     connectivity:   1 = 4-neighbours, 2 = 8-neighbours, for foreground components and seeds.
+    merge_threshold: two touching cells become one when the map still says "inside a cell" along their shared
+                    border: mean core score there > this (distance: ch1; contour: 1 − ch1). A real border between
+                    touching cells scores near 0; a cell cut in two by a second seed scores high. 1 = never merge.
+    small_fraction: cells smaller than this fraction of the image's median cell area are fragments: each joins the
+                    neighbour it shares the longest border with, or is dropped when it touches none. Relative to
+                    the image's own cells, so it follows cell size from image to image. 0 = off.
     """
 
     fg_threshold: float = 0.5
@@ -69,9 +75,11 @@ class InstanceParams:
     min_size: int = 16
     fill_holes: bool = True
     connectivity: int = 2
+    merge_threshold: float = 1.0
+    small_fraction: float = 0.0
 
     def __post_init__(self):
-        for name in ("fg_threshold", "seed_threshold"):
+        for name in ("fg_threshold", "seed_threshold", "merge_threshold", "small_fraction"):
             if not 0.0 <= float(getattr(self, name)) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if int(self.min_size) < 0:
@@ -90,7 +98,7 @@ class InstanceParams:
         if unknown:
             raise ValueError(f"{source}: unknown instance parameter(s) {unknown}; known: {', '.join(sorted(names))}")
         types = {"fg_threshold": float, "seed_threshold": float, "min_size": int, "fill_holes": bool,
-                 "connectivity": int}
+                 "connectivity": int, "merge_threshold": float, "small_fraction": float}
         try:
             return cls(**{k: types[k](v) for k, v in data.items()})
         except (TypeError, ValueError) as exc:
@@ -125,14 +133,36 @@ def load_instance_params(path: str | os.PathLike) -> InstanceParams:
     return InstanceParams.from_dict(data, str(path))
 
 
-def run_instance_params(model_paths, default: InstanceParams | None = None) -> InstanceParams:
-    """The params saved beside the models (RUN/instances.yaml next to RUN/best.keras, or one folder up for
-    RUN/epochs/*.keras); the first found wins, else `default` (InstanceParams() when None)."""
+def _run_instances_file(model_paths) -> Path | None:
+    """RUN/instances.yaml beside the first model that has one (next to RUN/best.keras, or one folder up for
+    RUN/epochs/*.keras); None when no model has one."""
     for p in model_paths:
         for folder in (Path(p).parent, Path(p).parent.parent):
             if (folder / "instances.yaml").is_file():
-                return load_instance_params(folder / "instances.yaml")
-    return default or InstanceParams()
+                return folder / "instances.yaml"
+    return None
+
+
+def run_instance_params(model_paths, default: InstanceParams | None = None) -> InstanceParams:
+    """The params saved beside the models (`_run_instances_file`), else `default` (InstanceParams() when None)."""
+    path = _run_instances_file(model_paths)
+    return load_instance_params(path) if path else (default or InstanceParams())
+
+
+def run_tta(model_paths) -> str:
+    """The test-time augmentation the models' validation chose (`tta` under `tuning:` in RUN/instances.yaml),
+    else "none": what PredictOptions(tta="auto") resolves to."""
+    import yaml
+
+    path = _run_instances_file(model_paths)
+    if path is None:
+        return "none"
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f"{path}: cannot read instance parameters ({exc})") from None
+    tuning = data.get("tuning") if isinstance(data, dict) else None
+    return str(tuning.get("tta", "none")) if isinstance(tuning, dict) else "none"
 
 
 def _scaled(maps: np.ndarray, threshold: float) -> float:
@@ -186,6 +216,83 @@ def _label_binary(maps: np.ndarray, params: InstanceParams) -> np.ndarray:
     return label_components(_foreground(maps, params), params.connectivity)
 
 
+def core_score(maps: np.ndarray, kind: str) -> np.ndarray | None:
+    """(H, W) float32 in [0, 1], high inside a cell and low on a border between cells; None for binary maps."""
+    if kind == "binary":
+        return None
+    ch1 = maps[..., 1].astype(np.float32) / (255.0 if maps.dtype == np.uint8 else 1.0)
+    return 1.0 - ch1 if kind == "contour" else ch1
+
+
+def _neighbour_pairs(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Every 4-adjacent pixel pair of two different cells: (id_a, id_b, flat index a, flat index b), 1-D arrays."""
+    flat = np.arange(labels.size, dtype=np.int64).reshape(labels.shape)
+    out = [[], [], [], []]
+    for a, b in (((slice(None), slice(None, -1)), (slice(None), slice(1, None))),
+                 ((slice(None, -1), slice(None)), (slice(1, None), slice(None)))):
+        la, lb = labels[a], labels[b]
+        m = (la != lb) & (la > 0) & (lb > 0)
+        for lst, v in zip(out, (la[m], lb[m], flat[a][m], flat[b][m])):
+            lst.append(v)
+    return tuple(np.concatenate(v) for v in out)
+
+
+def merge_weak_borders(labels: np.ndarray, core: np.ndarray, threshold: float) -> np.ndarray:
+    """Merge touching cells whose shared border has mean `core` score > threshold (no real border between them):
+    (H, W) int labels, (H, W) float core score -> (H, W) int32 labels (merged groups take one id; not renumbered).
+    Groups merge transitively (A~B and B~C make one cell)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    labels = np.asarray(labels, np.int32)
+    if threshold >= 1.0 or labels.max(initial=0) < 2:
+        return labels
+    ia, ib, pa, pb = _neighbour_pairs(labels)
+    if not ia.size:
+        return labels
+    n = int(labels.max()) + 1
+    lo, hi = np.minimum(ia, ib).astype(np.int64), np.maximum(ia, ib).astype(np.int64)
+    pairs, inverse = np.unique(lo * n + hi, return_inverse=True)
+    score = core.ravel()
+    mean = np.bincount(inverse, weights=(score[pa] + score[pb]) / 2) / np.bincount(inverse)
+    weak = pairs[mean > threshold]
+    if not weak.size:
+        return labels
+    graph = coo_matrix((np.ones(weak.size), (weak // n, weak % n)), shape=(n, n))
+    _, group = connected_components(graph, directed=False)
+    lut = (group + 1).astype(np.int32)
+    lut[0] = 0
+    return lut[labels]
+
+
+def absorb_fragments(labels: np.ndarray, fraction: float) -> np.ndarray:
+    """Cells under `fraction` × the median cell area of this image join the touching cell they share the longest
+    border with (a non-fragment), or are dropped when they touch none: (H, W) int labels -> (H, W) int32."""
+    labels = np.asarray(labels, np.int32)
+    if fraction <= 0 or labels.max(initial=0) < 1:
+        return labels
+    sizes = np.bincount(labels.ravel())
+    present = np.flatnonzero(sizes[1:]) + 1
+    small = np.zeros(sizes.size, bool)
+    small[present] = sizes[present] < fraction * np.median(sizes[present])
+    if not small.any():
+        return labels
+    lut = np.arange(sizes.size, dtype=np.int32)
+    ia, ib, _, _ = _neighbour_pairs(labels)
+    src = np.concatenate([ia, ib]).astype(np.int64)
+    dst = np.concatenate([ib, ia]).astype(np.int64)
+    keep = small[src] & ~small[dst]
+    if keep.any():
+        n = sizes.size
+        pairs, counts = np.unique(src[keep] * n + dst[keep], return_counts=True)
+        order = np.lexsort((-counts, pairs // n))          # per fragment, longest shared border first
+        first = pairs[order]
+        first = first[np.r_[True, (first[1:] // n) != (first[:-1] // n)]]
+        lut[first // n] = (first % n).astype(np.int32)
+    lut[small & (lut == np.arange(sizes.size))] = 0
+    return lut[labels]
+
+
 def _label_contour(maps: np.ndarray, params: InstanceParams) -> np.ndarray:
     fg = _foreground(maps, params)
     boundary = maps[..., 1]
@@ -223,7 +330,9 @@ def labels_from_maps(maps: np.ndarray, kind: str = "binary", params: InstancePar
     binary:   connected components of ch0 > fg_threshold;
     contour:  seeds = components of foreground with ch1 (boundary) < seed_threshold, watershed on ch1;
     distance: seeds = components of ch1 (distance to the cell border) > seed_threshold, watershed on -ch1.
-    Holes in the foreground are filled first (`fill_holes`), objects under `min_size` px dropped, ids renumbered.
+    Holes in the foreground are filled first (`fill_holes`); then cells split without a real border between them
+    are merged (`merge_threshold`), fragments join their neighbour (`small_fraction`), objects under `min_size` px
+    are dropped and ids renumbered.
     """
     params = params or InstanceParams()
     if kind not in LABELLERS:
@@ -233,7 +342,15 @@ def labels_from_maps(maps: np.ndarray, kind: str = "binary", params: InstancePar
         maps = maps[..., None]
     if maps.ndim != 3 or maps.shape[-1] < TARGETS[kind]:
         raise ValueError(f"{kind} maps need shape (H, W, >={TARGETS[kind]}), got {maps.shape}")
-    return drop_small(LABELLERS[kind](maps, params), params.min_size)
+    return drop_small(refine(LABELLERS[kind](maps, params), maps, kind, params), params.min_size)
+
+
+def refine(labels: np.ndarray, maps: np.ndarray, kind: str, params: InstanceParams) -> np.ndarray:
+    """The steps after flooding, before `drop_small`: merge weak borders, then absorb fragments. (H, W) int32."""
+    core = core_score(maps, kind)
+    if core is not None:
+        labels = merge_weak_borders(labels, core, params.merge_threshold)
+    return absorb_fragments(labels, params.small_fraction)
 
 
 def label_image_dtype(n_labels: int) -> np.dtype:

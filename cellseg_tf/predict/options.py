@@ -1,6 +1,6 @@
 """What a prediction can be asked for, in one place: the choices, the option objects, and the output file names.
 
-- The choices (`TILINGS`, `VOTES`, `TTA_MODES`, `PROB_FORMATS`, and `models.loading.PRECISIONS`): the CLI offers
+- The choices (`TILINGS`, `VOTES`, `TTA_CHOICES`, `PROB_FORMATS`, and `models.loading.PRECISIONS`): the CLI offers
   exactly these, the option objects accept exactly these.
 - `PredictOptions`: how the `inference.Predictor` cuts, votes, augments and normalises. `BatchOptions` extends it
   with what the batch job writes and how it runs; the job saves it as `OUT/predict_config.yaml`.
@@ -30,6 +30,8 @@ TTA_MODES: dict[str, list[tuple[int, bool]]] = {
     "flip": [(0, False), (0, True), (2, True), (2, False)],          # id, left-right, up-down, 180°
     "d4": [(k, f) for f in (False, True) for k in range(4)],         # all 8 rotations/reflections
 }
+TTA_AUTO = "auto"   # the TTA the models' validation chose (RUN/instances.yaml), else none
+TTA_CHOICES = (TTA_AUTO, *TTA_MODES)
 PROB_FORMATS = {"npy": ".npy", "tiff": ".tif"}
 DEFAULT_NORM = (2.0, 98.0)  # percentiles when neither the options nor the models' runs give them
 
@@ -41,14 +43,16 @@ def _one_of(name: str, value, choices) -> None:
 
 @dataclass
 class PredictOptions:
-    """How the ensemble predicts a tiled image. Defaults: overlap tiling, soft vote at 0.5, no TTA.
+    """How the ensemble predicts a tiled image. Defaults: overlap tiling, soft vote at 0.5, TTA "auto".
 
     patch_size: tile size in px (None: the models' saved input size, 256 for size-free models).
     overlap: fraction of a tile shared with its neighbour (0 <= overlap < 1; tiling "overlap" only).
     batch_size: tiles per compiled call (None or 0: about 0.5 M tile pixels per call); halved on out-of-memory.
     tiling: "overlap" (blended overlapping tiles) | "grid" (non-overlapping patchify grid).
     vote: "soft" (weighted mean probability > threshold) | "hard" (strict weighted majority of binarised models,
-    each at its `model_thresholds` entry, default `threshold`). tta: "none" | "flip" | "d4".
+    each at its `model_thresholds` entry, default `threshold`). tta: "none" | "flip" | "d4" | "auto" (what the
+    models' validation chose when their run was tuned, `instances.run_tta`: d4 when it scored better there; else
+    none; `Predictor.from_files` resolves it).
     group_weights / model_weights: vote weight of the `z_` and standard groups × per-model weights (`from_files`).
     norm_low / norm_high: normalisation percentiles (None: the models' run config, else 2 / 98).
     precision: "auto" | "float32" | "saved" (see `models.loading.load_models`).
@@ -61,7 +65,7 @@ class PredictOptions:
     vote: str = "soft"
     threshold: float = 0.5
     model_thresholds: list[float] | None = None
-    tta: str = "none"
+    tta: str = TTA_AUTO
     group_weights: dict[str, float] = field(default_factory=dict)
     model_weights: list[float] | None = None
     norm_low: float | None = None
@@ -72,7 +76,7 @@ class PredictOptions:
         """Check every field; returns self. Errors name the field and the allowed values."""
         _one_of("tiling", self.tiling, TILINGS)
         _one_of("vote", self.vote, VOTES)
-        _one_of("tta", self.tta, tuple(TTA_MODES))
+        _one_of("tta", self.tta, TTA_CHOICES)
         _one_of("precision", self.precision, PRECISIONS)
         if not 0 <= self.overlap < 1:
             raise ValueError(f"overlap must be in [0, 1), got {self.overlap}")
@@ -99,7 +103,8 @@ class BatchOptions(PredictOptions):
     save_prob: None | "npy" | "tiff" (also write the float32 vote map, channel 0 of instance-target maps);
     instances: also write instance labels (`instances.labels_from_maps` on the ensemble's maps) with the
     post-processing saved beside the models (RUN/instances.yaml, else `instances.InstanceParams()` defaults);
-    min_size / fg_threshold / seed_threshold, when not None, override those values. The run-control fields (`RUN_CONTROL`: overwrite, shard, progress,
+    min_size / fg_threshold / seed_threshold / merge_threshold / small_fraction, when not None, override those
+    values. The run-control fields (`RUN_CONTROL`: overwrite, shard, progress,
     flush_every_s) change how the job runs, not what it writes, and are left out of `predict_config.yaml`.
     """
 
@@ -108,6 +113,8 @@ class BatchOptions(PredictOptions):
     min_size: int | None = None
     fg_threshold: float | None = None
     seed_threshold: float | None = None
+    merge_threshold: float | None = None
+    small_fraction: float | None = None
     overwrite: bool = False
     shard: tuple[int, int] | None = None
     progress: bool = True
@@ -120,7 +127,7 @@ class BatchOptions(PredictOptions):
         _one_of("save_prob", self.save_prob, (None, *PROB_FORMATS))
         if self.min_size is not None and self.min_size < 0:
             raise ValueError(f"min_size must be >= 0, got {self.min_size}")
-        for name in ("fg_threshold", "seed_threshold"):
+        for name in ("fg_threshold", "seed_threshold", "merge_threshold", "small_fraction"):
             value = getattr(self, name)
             if value is not None and not 0 <= value <= 1:
                 raise ValueError(f"{name} must be in [0, 1], got {value}")

@@ -1,10 +1,11 @@
 """Tune the instance post-processing of a trained run on its validation images (never on test images).
 
-`tune_instances` scores a grid of `InstanceParams` (foreground threshold × seed threshold × minimum size) by
-instance F1 at IoU 0.5 with TP/FP/FN summed over all validation images, and keeps the best (ties: the larger summed
-IoU of the matched cells). It is vectorised over the grid: each image's maps are predicted once, each (fg, seed)
-pair floods once per image, and every minimum size is scored from that one IoU matrix by dropping the columns of
-the predicted objects it would remove (dropping an object changes no other object's IoU).
+`tune_instances` scores a grid of `InstanceParams` (foreground threshold × seed threshold × border-merge threshold
+× fragment fraction × minimum size) by instance F1 at IoU 0.5 with TP/FP/FN summed over all validation images, and
+keeps the best (ties: the larger summed IoU of the matched cells). It is vectorised over the grid: each image's maps
+are predicted once, each (fg, seed) pair floods once per image, each merge threshold and fragment fraction refines
+that flood, and every minimum size is scored from one IoU matrix by dropping the columns of the predicted objects
+it would remove (dropping an object changes no other object's IoU).
 
 `tune_run(RUN)` does it for a training run: the validation split of the run's manifest (the same rows training
 validated on), the run's best.keras, RUN/instances.yaml (best params, with the score under `tuning:`) and
@@ -13,6 +14,7 @@ checkpoint (`instances.run_instance_params`).
 """
 from __future__ import annotations
 
+import dataclasses
 import io
 import itertools
 import os
@@ -22,32 +24,42 @@ from typing import Sequence
 
 import numpy as np
 
-from .instances import InstanceParams, LABELLERS, mask_labels, save_instance_params
+from .instances import (InstanceParams, LABELLERS, absorb_fragments, core_score, mask_labels, merge_weak_borders,
+                        save_instance_params)
 from .matching import iou_matrix, match_ious
 from ..common.files import write_text_atomic
-from .options import PredictOptions
+from .options import TTA_AUTO, PredictOptions
 
 FG_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
 SEED_THRESHOLDS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 MIN_SIZES = (0, 8, 16, 32, 64)
-GRID_COLUMNS = ["fg_threshold", "seed_threshold", "min_size", "tp", "fp", "fn", "precision", "recall", "f1",
-                "sum_matched_iou"]
+MERGE_THRESHOLDS = (0.2, 0.3, 1.0)          # 1.0 = never merge
+SMALL_FRACTIONS = (0.0, 0.2, 0.3, 0.4)      # 0 = keep fragments as cells
+TTA_CANDIDATES = ("none", "d4")             # tta "auto": both are tuned, the better validation F1 is kept
+GRID_COLUMNS = ["fg_threshold", "seed_threshold", "merge_threshold", "small_fraction", "min_size", "tp", "fp", "fn",
+                "precision", "recall", "f1", "sum_matched_iou"]
 
 
 @dataclass
 class TuningResult:
-    """The best params, its summed F1@0.5 and the full grid (DataFrame with GRID_COLUMNS, best first)."""
+    """The best params, its summed F1@0.5, the full grid (DataFrame with GRID_COLUMNS, best first) and the TTA."""
 
     params: InstanceParams
     f1: float
     grid: object
     n_images: int
+    tta: str = "none"           # the test-time augmentation the maps were predicted with
 
 
 def default_grid(kind: str) -> dict[str, tuple]:
-    """The grid searched for a target kind: binary maps have no seeds, so only fg threshold × min size."""
-    seeds = (InstanceParams().seed_threshold,) if kind == "binary" else SEED_THRESHOLDS
-    return {"fg_threshold": FG_THRESHOLDS, "seed_threshold": seeds, "min_size": MIN_SIZES}
+    """The grid searched for a target kind: binary maps have no seeds and no borders between touching cells, so only
+    fg threshold × fragment fraction × min size."""
+    if kind == "binary":
+        seeds, merges = (InstanceParams().seed_threshold,), (InstanceParams().merge_threshold,)
+    else:
+        seeds, merges = SEED_THRESHOLDS, MERGE_THRESHOLDS
+    return {"fg_threshold": FG_THRESHOLDS, "seed_threshold": seeds, "merge_threshold": merges,
+            "small_fraction": SMALL_FRACTIONS, "min_size": MIN_SIZES}
 
 
 def _counts(iou: np.ndarray, keep: np.ndarray) -> tuple[int, int, int, float]:
@@ -64,7 +76,8 @@ def tune_instances(maps: Sequence[np.ndarray], truths: Sequence[np.ndarray], kin
     """Grid search of InstanceParams on cached maps.
 
     maps: per image (H, W, C) float32 (or uint8) predicted maps; truths: per image (H, W) int truth labels.
-    grid: {"fg_threshold": [...], "seed_threshold": [...], "min_size": [...]} (default `default_grid(kind)`);
+    grid: {"fg_threshold": [...], "seed_threshold": [...], "merge_threshold": [...], "small_fraction": [...],
+    "min_size": [...]}, missing keys from `default_grid(kind)`;
     base: the other fields (fill_holes, connectivity). Score: F1 = 2·TP / (2·TP + FP + FN), counts summed over
     images.
     """
@@ -79,25 +92,35 @@ def tune_instances(maps: Sequence[np.ndarray], truths: Sequence[np.ndarray], kin
     base = base or InstanceParams()
     min_sizes = sorted({int(v) for v in grid["min_size"]})
     pairs = list(itertools.product(grid["fg_threshold"], grid["seed_threshold"]))
-    totals = np.zeros((len(pairs), len(min_sizes), 4))          # tp, fp, fn, summed IoU
+    refines = list(itertools.product(grid["merge_threshold"], grid["small_fraction"]))
+    totals = np.zeros((len(pairs), len(refines), len(min_sizes), 4))          # tp, fp, fn, summed IoU
     bar = tqdm(total=len(pairs) * len(maps), desc="tune instances", unit="flood", disable=not progress)
     for j, (fg, seed) in enumerate(pairs):
         params = base.replace(fg_threshold=fg, seed_threshold=seed, min_size=0)
         for m, t in zip(maps, truths):
             m = np.asarray(m)
-            raw = LABELLERS[kind](m if m.ndim == 3 else m[..., None], params)
-            iou = iou_matrix(t, raw)
-            sizes = np.bincount(raw.ravel())[1:]
-            sizes = sizes[sizes > 0]                             # iou_matrix's columns: the ids present, in order
-            for k, size in enumerate(min_sizes):
-                totals[j, k] += _counts(iou, sizes >= max(1, size))
+            m = m if m.ndim == 3 else m[..., None]
+            raw = LABELLERS[kind](m, params)
+            core = core_score(m, kind)
+            merged = {}
+            for r, (merge, fraction) in enumerate(refines):
+                if merge not in merged:
+                    merged[merge] = raw if core is None else merge_weak_borders(raw, core, merge)
+                labels = absorb_fragments(merged[merge], fraction)
+                iou = iou_matrix(t, labels)
+                sizes = np.bincount(labels.ravel())[1:]
+                sizes = sizes[sizes > 0]                             # iou_matrix's columns: the ids present, in order
+                for k, size in enumerate(min_sizes):
+                    totals[j, r, k] += _counts(iou, sizes >= max(1, size))
             bar.update()
     bar.close()
     rows = []
-    for (j, (fg, seed)), (k, size) in itertools.product(enumerate(pairs), enumerate(min_sizes)):
-        tp, fp, fn, s_iou = totals[j, k]
+    for (j, (fg, seed)), (r, (merge, fraction)), (k, size) in itertools.product(
+            enumerate(pairs), enumerate(refines), enumerate(min_sizes)):
+        tp, fp, fn, s_iou = totals[j, r, k]
         den = 2 * tp + fp + fn
-        rows.append({"fg_threshold": float(fg), "seed_threshold": float(seed), "min_size": size, "tp": int(tp),
+        rows.append({"fg_threshold": float(fg), "seed_threshold": float(seed), "merge_threshold": float(merge),
+                     "small_fraction": float(fraction), "min_size": size, "tp": int(tp),
                      "fp": int(fp), "fn": int(fn), "precision": tp / (tp + fp) if tp + fp else 1.0,
                      "recall": tp / (tp + fn) if tp + fn else 1.0, "f1": 2 * tp / den if den else 1.0,
                      "sum_matched_iou": s_iou})
@@ -105,6 +128,7 @@ def tune_instances(maps: Sequence[np.ndarray], truths: Sequence[np.ndarray], kin
     table = table.sort_values(["f1", "sum_matched_iou"], ascending=False, kind="stable").reset_index(drop=True)
     best = table.iloc[0]
     params = base.replace(fg_threshold=float(best.fg_threshold), seed_threshold=float(best.seed_threshold),
+                          merge_threshold=float(best.merge_threshold), small_fraction=float(best.small_fraction),
                           min_size=int(best.min_size))
     return TuningResult(params, float(best.f1), table, len(maps))
 
@@ -116,7 +140,7 @@ def write_tuning(run: str | os.PathLike, result: TuningResult, kind: str) -> tup
     result.grid.to_csv(text, index=False)
     grid_path = write_text_atomic(run / "instances_grid.csv", text.getvalue())
     yaml_path = save_instance_params(run / "instances.yaml", result.params, kind=kind, val_f1=result.f1,
-                                     val_images=result.n_images, grid="instances_grid.csv")
+                                     val_images=result.n_images, tta=result.tta, grid="instances_grid.csv")
     return yaml_path, grid_path
 
 
@@ -148,7 +172,9 @@ def tune_run(run: str | os.PathLike, model: str | os.PathLike | None = None,
              options: PredictOptions | None = None, progress: bool = True) -> TuningResult:
     """Tune the post-processing of RUN's model (default RUN/best.keras) on its validation images and write
     RUN/instances.yaml + RUN/instances_grid.csv. options: how the Predictor tiles and normalises (default
-    `PredictOptions()`, normalisation from the run's config)."""
+    `PredictOptions()`, normalisation from the run's config). With tta "auto" (the default) the validation images
+    are predicted both plainly and with d4 test-time augmentation; d4 is kept (saved as `tta: d4`, which
+    prediction's tta "auto" then uses) only when its best F1 is higher: 8× the prediction time has to pay."""
     from tqdm.auto import tqdm
 
     from ..data.io import read_mask
@@ -160,14 +186,18 @@ def tune_run(run: str | os.PathLike, model: str | os.PathLike | None = None,
     threshold = float(getattr(_run_config(run), "mask_threshold", 0) or 0)   # > 0: binary truth -> components
     if not samples:
         raise ValueError(f"{run}: no validation images with masks to tune instance post-processing on")
-    predictor = Predictor.from_files([model], options)
-    kind = predictor.kind
-    maps, truths = [], []
-    for s in tqdm(samples, desc="predict val", unit="img", disable=not progress):
-        m, _ = predictor.predict_file(s.image)
-        maps.append(m)
-        truths.append(mask_labels(read_mask(s.mask, threshold=threshold) if threshold > 0 else
-                                  read_mask(s.mask, instances=True))[0])
-    result = tune_instances(maps, truths, kind, grid, progress=progress)
-    write_tuning(run, result, kind)
-    return result
+    options = options or PredictOptions()
+    candidates = TTA_CANDIDATES if options.tta == TTA_AUTO else (options.tta,)
+    truths = [mask_labels(read_mask(s.mask, threshold=threshold) if threshold > 0 else
+                          read_mask(s.mask, instances=True))[0] for s in samples]
+    best, best_tta = None, None
+    for tta in candidates:
+        predictor = Predictor.from_files([model], dataclasses.replace(options, tta=tta))
+        maps = [predictor.predict_file(s.image)[0]
+                for s in tqdm(samples, desc=f"predict val (tta {tta})", unit="img", disable=not progress)]
+        result = tune_instances(maps, truths, predictor.kind, grid, progress=progress)
+        if best is None or result.f1 > best.f1:
+            best, best_tta, kind = result, tta, predictor.kind
+    best.tta = best_tta
+    write_tuning(run, best, kind)
+    return best
