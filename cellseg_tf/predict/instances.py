@@ -119,8 +119,8 @@ def save_instance_params(path: str | os.PathLike, params: InstanceParams, **info
     return write_text_atomic(path, yaml.safe_dump(data, sort_keys=False))
 
 
-def load_instance_params(path: str | os.PathLike) -> InstanceParams:
-    """Read an instances.yaml written by `save_instance_params` (its `tuning:` block is information only)."""
+def _read_instances_yaml(path: str | os.PathLike) -> dict:
+    """The mapping in an instances.yaml; unreadable or not a mapping is an error naming the file."""
     import yaml
 
     try:
@@ -129,6 +129,12 @@ def load_instance_params(path: str | os.PathLike) -> InstanceParams:
         raise ValueError(f"{path}: cannot read instance parameters ({exc})") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping of instance parameters, got {type(data).__name__}")
+    return data
+
+
+def load_instance_params(path: str | os.PathLike) -> InstanceParams:
+    """Read an instances.yaml written by `save_instance_params` (its `tuning:` block is information only)."""
+    data = _read_instances_yaml(path)
     data.pop("tuning", None)
     return InstanceParams.from_dict(data, str(path))
 
@@ -152,16 +158,8 @@ def run_instance_params(model_paths, default: InstanceParams | None = None) -> I
 def run_tta(model_paths) -> str:
     """The test-time augmentation the models' validation chose (`tta` under `tuning:` in RUN/instances.yaml),
     else "none": what PredictOptions(tta="auto") resolves to."""
-    import yaml
-
     path = _run_instances_file(model_paths)
-    if path is None:
-        return "none"
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise ValueError(f"{path}: cannot read instance parameters ({exc})") from None
-    tuning = data.get("tuning") if isinstance(data, dict) else None
+    tuning = _read_instances_yaml(path).get("tuning") if path else None
     return str(tuning.get("tta", "none")) if isinstance(tuning, dict) else "none"
 
 

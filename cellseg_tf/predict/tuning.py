@@ -24,8 +24,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .instances import (InstanceParams, LABELLERS, absorb_fragments, core_score, mask_labels, merge_weak_borders,
-                        save_instance_params)
+from .instances import InstanceParams, LABELLERS, mask_labels, refine, save_instance_params
 from .matching import iou_matrix, match_ious
 from ..common.files import write_text_atomic
 from .options import TTA_AUTO, PredictOptions
@@ -101,12 +100,8 @@ def tune_instances(maps: Sequence[np.ndarray], truths: Sequence[np.ndarray], kin
             m = np.asarray(m)
             m = m if m.ndim == 3 else m[..., None]
             raw = LABELLERS[kind](m, params)
-            core = core_score(m, kind)
-            merged = {}
             for r, (merge, fraction) in enumerate(refines):
-                if merge not in merged:
-                    merged[merge] = raw if core is None else merge_weak_borders(raw, core, merge)
-                labels = absorb_fragments(merged[merge], fraction)
+                labels = refine(raw, m, kind, params.replace(merge_threshold=merge, small_fraction=fraction))
                 iou = iou_matrix(t, labels)
                 sizes = np.bincount(labels.ravel())[1:]
                 sizes = sizes[sizes > 0]                             # iou_matrix's columns: the ids present, in order
