@@ -133,3 +133,74 @@ def test_bench_fewshot_leaves_one_dataset_out_and_prints_the_goals(tmp_path, cap
     results = pd.read_csv(tmp_path / "out" / "results.csv")
     assert set(results.target) == {"set_a", "set_b"}
     assert set(results.method) == {"full", "logistic", "bfgs", "scratch"} and results.dice.between(0, 1).all()
+
+
+# ---------------------------------------------------------------------------------------- bench_real
+def test_bench_real_picks_on_validation_and_ignores_the_test_split():
+    pick_arm = _load("bench_real").pick_arm
+    # test Dice says "defaults" everywhere; validation says "wide" on average (wins one set, loses one narrowly)
+    rows = [{"set": "a", "arm": "plain", "val_dice": 0.60, "test_dice": 0.90},
+            {"set": "a", "arm": "defaults", "val_dice": 0.70, "test_dice": 0.95},
+            {"set": "a", "arm": "wide", "val_dice": 0.80, "test_dice": 0.10},
+            {"set": "b", "arm": "plain", "val_dice": 0.50, "test_dice": 0.90},
+            {"set": "b", "arm": "defaults", "val_dice": 0.72, "test_dice": 0.95},
+            {"set": "b", "arm": "wide", "val_dice": 0.70, "test_dice": 0.10}]
+    choice = pick_arm(rows)
+    assert choice["picked"] == "wide" and choice["mean_val_dice"]["wide"] == pytest.approx(0.75)
+    assert choice["beats_defaults"] == {"plain": 0, "defaults": 0, "wide": 1} and choice["sets"] == ["a", "b"]
+    flipped = [{**r, "test_dice": 1.0 - r["test_dice"]} for r in rows]
+    assert pick_arm(flipped)["picked"] == "wide"                     # test scores change nothing
+    # a set validated on its training images counts only when no other set is left
+    sanity = rows + [{"set": "one", "arm": a, "val_dice": v} for a, v in
+                     (("plain", 0.99), ("defaults", 0.1), ("wide", 0.1))]
+    assert pick_arm(sanity, skip_sets=["one"])["picked"] == "wide"
+    only = pick_arm([r for r in sanity if r["set"] == "one"], skip_sets=["one"])
+    assert only["picked"] == "plain" and only["val_is_train_only"]
+
+
+def test_bench_real_candidate_keeps_commas_inside_yaml_values():
+    parse = _load("bench_real").parse_candidate
+    assert parse("small:model_options={base_filters: 8, depth: 3},learning_rate=3e-3") == \
+        ("small", ["model_options={base_filters: 8, depth: 3}", "learning_rate=3e-3"])
+    for bad in ("defaults:epochs=2", "no-colon", "plain:x=1"):
+        with pytest.raises(ValueError, match="--candidate"):
+            parse(bad)
+
+
+def test_bench_real_runs_every_arm_and_reports_the_validation_choice(tmp_path, capsys):
+    import json
+    import math
+
+    import pandas as pd
+
+    from cellseg_tf.data.synthetic import make_dataset
+
+    make_dataset(tmp_path / "data" / "tiny", n_images=5, shape=(64, 64), splits=(2, 1, 2), seed=0)
+    tiny = ["--set", "patch_size=32", "--set", "batch_size=2", "--set", "steps_per_epoch=2",
+            "--set", "model_options={base_filters: 4, depth: 2}"]
+    out = tmp_path / "out"
+    assert _load("bench_real").main(["--minutes", "0.03", "--sets", "tiny", "--data", str(tmp_path / "data"),
+                                     "--out", str(out), "--candidate", "fast:learning_rate=3e-3,schedule=constant"]
+                                    + tiny) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    saved = json.loads((out / "results.json").read_text())
+    rows = {r["arm"]: r for r in saved["results"]}
+    assert list(rows) == ["plain", "defaults", "fast"]
+    for r in rows.values():
+        for key in ("val_dice", "test_dice", "test_boundary_dice"):
+            assert math.isfinite(r[key]) and 0.0 <= r[key] <= 1.0
+        assert r["patches"] >= 2 and r["train_s"] > 0
+        for split, n in (("val", 1), ("test", 2)):
+            report = pd.read_csv(r[f"{split}_csv"])
+            assert len(report) == n and {"image", "dice", "boundary_dice"} <= set(report.columns)
+            assert report["dice"].mean() == pytest.approx(r[f"{split}_dice"])
+    assert rows["fast"]["overrides"][-2:] == ["learning_rate=3e-3", "schedule=constant"]
+    best = max(rows, key=lambda a: rows[a]["val_dice"])
+    final = dict(kv.split("=", 1) for kv in lines[-1].split())
+    assert final["picked"] == best == saved["choice"]["picked"] and final["minutes"] == "0.03"
+    assert float(final["mean_val_dice"]) == pytest.approx(rows[best]["val_dice"], abs=1e-4)
+    kv = [dict(p.split("=", 1) for p in line.split()) for line in lines[-4:-1]]
+    assert [(k["set"], k["arm"]) for k in kv] == [("tiny", "plain"), ("tiny", "defaults"), ("tiny", "fast")]
+    pairs = {(s["arm"], s["reference"]) for s in saved["significance"]}
+    assert pairs == {("defaults", "plain"), ("fast", "plain"), ("fast", "defaults")}
+    assert all(s["n"] == 2 and s["wins"] + s["ties"] + s["losses"] == 2 for s in saved["significance"])

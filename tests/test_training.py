@@ -258,10 +258,16 @@ def test_precision_policy_sets_and_restores_even_on_error(monkeypatch):
 
     assert resolve_mixed_precision("on") and not resolve_mixed_precision("off")
     assert resolve_precision("bfloat16") == "mixed_bfloat16" and resolve_precision("on") == "mixed_float16"
-    # tests run with no GPU visible: auto is float32 on every CPU (bfloat16 is opt-in, not yet validated on quality)
-    for native in (True, False):
+    # auto: bfloat16 on a CPU with native bfloat16 instructions, float32 on one without, float16 on a GPU
+    import cellseg_tf.models.loading as loading
+
+    for gpu, native, expected in ((False, True, "mixed_bfloat16"), (False, False, "float32"),
+                                  (True, True, "mixed_float16"), (True, False, "mixed_float16")):
         monkeypatch.setattr(engine, "cpu_has_native_bfloat16", lambda native=native: native)
-        assert resolve_precision("auto") == "float32" and resolve_mixed_precision("auto") is False
+        monkeypatch.setattr(loading, "accelerator_available", lambda gpu=gpu: gpu)
+        assert resolve_precision("auto") == expected
+        assert resolve_mixed_precision("auto") is (expected != "float32")
+    monkeypatch.undo()
     with precision_policy(True):
         assert keras.mixed_precision.global_policy().name == "mixed_float16"
     assert keras.mixed_precision.global_policy().name == "float32"

@@ -47,8 +47,8 @@ class TrainConfig:
     early_stopping_patience: int | None = None  # None: 5 (Das et al. 2025), or off with a time budget; 0 disables
     time_budget_s: float = 0.0         # stop after this many seconds of training (0 = no limit)
     val_fraction: float = 0.2          # used only when the manifest has no split=val rows
-    mixed_precision: str = "auto"      # auto | on (float16) | bfloat16 | off; auto: float16 on a GPU, else float32;
-                                       # bfloat16 is opt-in (docs/TRAINING.md, "Speed")
+    mixed_precision: str = "auto"      # auto | on (float16) | bfloat16 | off; auto: float16 on a GPU, bfloat16 on a
+                                       # CPU with native bfloat16, else float32 (docs/TRAINING.md, "Speed")
     seed: int = 0
     verbose: int = 1
     # --- optimiser and learning-rate schedule (cellseg_tf.schedules registries) ---
