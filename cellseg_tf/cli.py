@@ -76,7 +76,7 @@ def _tune(run, verbose: int = 1) -> None:
     result = tune_run(run, progress=bool(verbose))
     p = result.params
     print(f"instances={Path(run) / 'instances.yaml'} val_instance_f1={result.f1:.4f} n_val={result.n_images} "
-          f"fg_threshold={p.fg_threshold} seed_threshold={p.seed_threshold} merge_threshold={p.merge_threshold} "
+          f"fg_threshold={p.fg_threshold} seed_threshold={p.seed_threshold} seed_h={p.seed_h} merge_threshold={p.merge_threshold} "
           f"small_fraction={p.small_fraction} min_size={p.min_size} tta={result.tta}")
 
 
@@ -125,7 +125,8 @@ def cmd_predict(args) -> int:
                            group_weights=group_weights, model_weights=floats(args.model_weights),
                            model_thresholds=floats(args.model_thresholds), save_prob=args.save_prob,
                            instances=args.instances, min_size=args.min_size, fg_threshold=args.fg_threshold,
-                           seed_threshold=args.seed_threshold, merge_threshold=args.merge_threshold,
+                           seed_threshold=args.seed_threshold, seed_h=args.seed_h,
+                           merge_threshold=args.merge_threshold,
                            small_fraction=args.small_fraction, overwrite=args.overwrite,
                            shard=parse_shard(args.shard) if args.shard else None, norm_low=args.norm_low,
                            norm_high=args.norm_high, precision=args.precision, progress=not args.no_progress)

@@ -120,6 +120,9 @@ def build_parser(handlers: Mapping[str, Callable[[argparse.Namespace], int]] | N
     p.add_argument("--seed-threshold", type=float,
                    help="--instances: cell-core threshold on the boundary/distance map (default: RUN/instances.yaml, "
                         "else 0.5)")
+    p.add_argument("--seed-h", type=float,
+                   help="--instances: keep only cell cores that rise this much (0-1) above where they meet a "
+                        "neighbour; 0 = every thresholded core (default: RUN/instances.yaml, else 0)")
     p.add_argument("--merge-threshold", type=float,
                    help="--instances: join touching cells whose shared border scores above this as cell interior "
                         "(default: RUN/instances.yaml, else 1 = never)")

@@ -436,3 +436,34 @@ def test_new_instance_params_validate_and_round_trip(tmp_path):
         InstanceParams(small_fraction=-0.1)
     p = InstanceParams(merge_threshold=0.3, small_fraction=0.2)
     assert load_instance_params(save_instance_params(tmp_path / "i.yaml", p)) == p
+
+
+def test_seed_h_splits_one_core_region_with_two_peaks_by_their_depth(tmp_path):
+    """Two peaks over a saddle (0.6) in one core region: a low seed threshold sees one seed, seed_h below the dip
+    sees two, seed_h above the lower peak's dip one; contour maps (1 - score) agree; the param round-trips."""
+    from scipy import ndimage
+
+    from cellseg_tf.predict.instances import core_peaks, save_instance_params
+
+    cell = _two_peak_cell()
+    low = InstanceParams(seed_threshold=0.3, min_size=0)
+    assert labels_from_maps(cell, "distance", low).max() == 1
+    assert labels_from_maps(cell, "distance", low.replace(seed_h=0.2)).max() == 2
+    uneven = cell.copy()                                           # peaks 1.0 and 0.95: the lower one dips ~0.35
+    uneven[:, 40:, 1] *= 0.95
+    assert labels_from_maps(uneven, "distance", low.replace(seed_h=0.2)).max() == 2
+    assert labels_from_maps(uneven, "distance", low.replace(seed_h=0.5)).max() == 1
+    contour = np.stack([cell[..., 0], (1.0 - cell[..., 1]) * cell[..., 0]], -1)
+    assert labels_from_maps(contour, "contour", InstanceParams(seed_threshold=0.7, min_size=0, seed_h=0.2)).max() == 2
+    peaks = core_peaks(cell[..., 1], 0.2)
+    assert peaks.dtype == bool and ndimage.label(peaks)[1] == 2
+    # precomputed peaks (tuning reuses them) give the same labels as computing them inside
+    from cellseg_tf.predict.instances import LABELLERS
+
+    np.testing.assert_array_equal(LABELLERS["distance"](cell, low.replace(seed_h=0.2), peaks),
+                                  LABELLERS["distance"](cell, low.replace(seed_h=0.2)))
+    with pytest.raises(ValueError, match="seed_h"):
+        InstanceParams(seed_h=1.5)
+    p = InstanceParams(seed_h=0.05)
+    assert load_instance_params(save_instance_params(tmp_path / "i.yaml", p)).seed_h == 0.05
+    assert p.replace(seed_h=None).seed_h == 0.05

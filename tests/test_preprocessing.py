@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from cellseg_tf.data.preprocessing import (PercentileEstimator, intensity_range, normalize_rows, pad_to_multiple,
-                                          percentile_normalize, streamed_intensity_range)
+                                          percentile_normalize, rescale_pair, streamed_intensity_range)
 
 
 def test_percentile_stretch_on_16bit_range():
@@ -100,3 +100,18 @@ def test_percentile_normalize_is_intensity_range_then_normalize_rows(monkeypatch
         np.testing.assert_array_equal(banded, percentile_normalize(image, 1, 99.5))
     flat = np.full((8, 8, 1), 7, np.uint16)
     np.testing.assert_array_equal(normalize_rows(flat, *intensity_range(flat)), 0)
+
+
+def test_rescale_pair_keeps_ids_channels_and_sizes():
+    labels = np.zeros((40, 60), np.int32)
+    labels[5:25, 5:25], labels[10:30, 30:55] = 7, 300          # ids survive (no 0..1 interpolation of labels)
+    image = np.stack([labels > 0, labels == 300], -1).astype(np.uint16) * 1000
+    small_image, small = rescale_pair(image, labels, 0.7)
+    assert small_image.shape == (28, 42, 2) and small_image.dtype == np.float32
+    assert small.shape == (28, 42) and small.dtype == np.int32 and set(np.unique(small)) == {0, 7, 300}
+    assert abs((small == 7).sum() - 0.49 * (labels == 7).sum()) < 0.1 * (labels == 7).sum()
+    assert small_image[..., 0].max() <= 1000 and small_image[..., 0].min() >= 0   # area averaging: no overshoot
+    one, _ = rescale_pair(image[..., :1], labels, 1.5)
+    assert one.shape == (60, 90, 1)
+    with pytest.raises(ValueError, match="scale"):
+        rescale_pair(image, labels, 0)

@@ -34,12 +34,12 @@ def _cells(seed: int, size: int = 72, n: int = 7):
 def test_grid_scores_equal_direct_labelling_and_scoring():
     data = [_cells(s) for s in range(3)]
     truths, maps = [d[0] for d in data], [d[1] for d in data]
-    grid = {"fg_threshold": (0.4, 0.5, 0.6), "seed_threshold": (0.3, 0.5, 0.7), "merge_threshold": (0.3, 1.0),
-            "small_fraction": (0.0, 0.3), "min_size": (0, 16, 60)}
+    grid = {"fg_threshold": (0.4, 0.5, 0.6), "seed_threshold": (0.3, 0.5, 0.7), "seed_h": (0.0, 0.2),
+            "merge_threshold": (0.3, 1.0), "small_fraction": (0.0, 0.3), "min_size": (0, 16, 60)}
     result = tune_instances(maps, truths, "distance", grid)
-    assert list(result.grid.columns) == GRID_COLUMNS and len(result.grid) == 108
+    assert list(result.grid.columns) == GRID_COLUMNS and len(result.grid) == 216
     for _, row in result.grid.iterrows():
-        params = InstanceParams(fg_threshold=row.fg_threshold, seed_threshold=row.seed_threshold,
+        params = InstanceParams(fg_threshold=row.fg_threshold, seed_threshold=row.seed_threshold, seed_h=row.seed_h,
                                 min_size=int(row.min_size), merge_threshold=row.merge_threshold,
                                 small_fraction=row.small_fraction)
         scores = [instance_scores(t, labels_from_maps(m, "distance", params)) for t, m in zip(truths, maps)]
@@ -47,9 +47,10 @@ def test_grid_scores_equal_direct_labelling_and_scoring():
                                             sum(s.fn for s in scores)), row.to_dict()
     assert result.f1 == result.grid.f1.max()
     best = result.grid.iloc[0]
-    assert (result.params.fg_threshold, result.params.seed_threshold, result.params.min_size,
+    assert (result.params.fg_threshold, result.params.seed_threshold, result.params.seed_h, result.params.min_size,
             result.params.merge_threshold, result.params.small_fraction) == \
-        (best.fg_threshold, best.seed_threshold, best.min_size, best.merge_threshold, best.small_fraction)
+        (best.fg_threshold, best.seed_threshold, best.seed_h, best.min_size, best.merge_threshold,
+         best.small_fraction)
     # the defaults are a grid point, so the search finds something at least as good
     default = [instance_scores(t, labels_from_maps(m, "distance")) for t, m in zip(truths, maps)]
     tp = sum(s.tp for s in default)
@@ -112,15 +113,25 @@ def test_tune_run_uses_the_validation_split_and_writes_the_run_files(tmp_path):
         run / "config.yaml")
     _maps_model().save(run / "best.keras")
     assert [s.image for s in validation_samples(run)] == [rows[1]["image"], rows[2]["image"]]
-    grid = {"fg_threshold": (0.5,), "seed_threshold": (0.0, 0.5), "min_size": (0, 16)}
-    result = tune_run(run, grid=grid, progress=False)
-    assert result.n_images == 2 and result.f1 == 1.0
+    grid = {"fg_threshold": (0.5,), "seed_threshold": (0.0, 0.5), "seed_h": (0.0,), "min_size": (0, 16)}
+    result = tune_run(run, grid=grid, progress=False, scales=(1.0,))
+    assert result.n_images == 2 and result.f1 == 1.0 and result.scales == (1.0,)
     assert result.params.seed_threshold == 0.5                # seeds at 0 merge every touching pair
     assert result.grid[result.grid.seed_threshold == 0.0].f1.max() < 0.5
     assert run_instance_params([run / "best.keras"]) == result.params
     assert (run / "instances_grid.csv").is_file()
     # tta "auto" tuned both; d4 of a pass-through model gives the same maps, so it is not better and not kept
     assert result.tta == "none" and run_tta([run / "best.keras"]) == "none"
+    # by default each val image is also scored shrunk to 0.7x (smaller cells), recorded in instances.yaml
+    import yaml
+
+    from cellseg_tf.predict.options import PredictOptions
+
+    shrunk = tune_run(run, grid=grid, progress=False, options=PredictOptions(tta="none"))
+    assert shrunk.n_images == 4 and shrunk.scales == (1.0, 0.7)
+    assert yaml.safe_load((run / "instances.yaml").read_text())["tuning"]["val_scales"] == [1.0, 0.7]
+    with pytest.raises(ValueError, match="scales"):
+        tune_run(run, grid=grid, progress=False, scales=(0.0,))
 
 
 def test_prediction_tta_auto_follows_the_runs_validated_choice(tmp_path):
@@ -160,3 +171,26 @@ def test_cli_train_on_label_masks_tunes_the_cells(tmp_path, capsys):
     main(["train", "--manifest", str(manifest), "--out", str(tmp_path / "run2"), "--epochs", "1",
           "--steps-per-epoch", "1", "--patch-size", "64", "--batch-size", "2", "--verbose", "0", "--no-tune"])
     assert not (tmp_path / "run2" / "instances.yaml").exists()
+
+
+def test_grid_has_a_seed_peak_axis_that_finds_the_split_a_threshold_cannot():
+    """Touching cells whose cores merge above every seed threshold in the grid: only seed_h > 0 splits them, so the
+    search picks it, and the grid rows equal direct labelling with that seed_h."""
+    from tests.test_instances import _two_peak_cell
+
+    cell = _two_peak_cell()
+    truth = np.zeros(cell.shape[:2], np.int32)
+    fg = cell[..., 0] > 0.5
+    truth[fg & (np.arange(cell.shape[1])[None] < 40)] = 1        # the two halves are the two cells
+    truth[fg & (np.arange(cell.shape[1])[None] >= 40)] = 2
+    grid = {"fg_threshold": (0.5,), "seed_threshold": (0.3, 0.5), "seed_h": (0.0, 0.2), "merge_threshold": (1.0,),
+            "small_fraction": (0.0,), "min_size": (0,)}
+    result = tune_instances([cell], [truth], "distance", grid)
+    assert "seed_h" in result.grid.columns and len(result.grid) == 4
+    assert result.params.seed_h == 0.2 and result.f1 == 1.0
+    assert result.grid[result.grid.seed_h == 0.0].f1.max() < 1.0
+    for _, row in result.grid.iterrows():
+        params = InstanceParams(fg_threshold=0.5, seed_threshold=row.seed_threshold, seed_h=row.seed_h, min_size=0)
+        s = instance_scores(truth, labels_from_maps(cell, "distance", params))
+        assert (row.tp, row.fp, row.fn) == (s.tp, s.fp, s.fn)
+    assert default_grid("binary")["seed_h"] == (0.0,) and max(default_grid("distance")["seed_h"]) > 0

@@ -1,4 +1,4 @@
-"""Pure numpy transforms applied before tiling: percentile normalisation and padding. No I/O here.
+"""Pure numpy transforms applied before tiling: percentile normalisation, padding and rescaling. No I/O here.
 
 Normalisation is one code path for training and prediction: `intensity_range` finds each channel's low/high
 percentiles and `normalize_rows` maps them to 0/1; `percentile_normalize` is the two in a row. Images up to
@@ -148,3 +148,21 @@ def pad_to_multiple(array: np.ndarray, multiple: int, mode: str = "reflect", min
     if mode == "reflect":
         return np.pad(array, pads, mode="symmetric")
     raise ValueError(f"unknown pad mode {mode!r}; use 'reflect' or 'zero'")
+
+
+def rescale_pair(image: np.ndarray, labels: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """An image and its label mask resized by `scale` (cells `scale`× as wide): (H, W[, C]) any dtype ->
+    (h, w[, C]) float32 (area averaging when shrinking, bilinear when growing), (H, W) int -> (h, w) int32 (nearest,
+    so ids stay ids); h, w = round(H·scale), round(W·scale), at least 1. Used to validate on smaller cells."""
+    import cv2
+
+    if not scale > 0:
+        raise ValueError(f"scale must be > 0, got {scale}")
+    h, w = labels.shape[:2]
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    out = cv2.resize(np.asarray(image, np.float32), size, interpolation=interp)
+    if np.ndim(image) == 3 and out.ndim == 2:
+        out = out[..., None]                       # cv2 drops a single trailing channel
+    lab = cv2.resize(np.asarray(labels, np.int32).astype(np.float32), size, interpolation=cv2.INTER_NEAREST)
+    return out, np.rint(lab).astype(np.int32)

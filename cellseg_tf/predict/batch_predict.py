@@ -7,7 +7,7 @@
 - `<stem>_instances.tif` — cells (`instances=True`): `instances.labels_from_maps` on the ensemble's blended maps
   (binary models: components of the foreground; contour/distance models: seeded watershed), with the parameters of
   RUN/instances.yaml beside the models (else the defaults, with the mask's own threshold as foreground threshold)
-  overridden by `min_size`/`fg_threshold`/`seed_threshold`/`merge_threshold`/`small_fraction`;
+  overridden by `min_size`/`fg_threshold`/`seed_threshold`/`seed_h`/`merge_threshold`/`small_fraction`;
   uint16 (uint32 past 65535 cells). The whole image is labelled at once from its assembled maps (kept as float32,
   or as uint8 = p·255 above MAPS_FLOAT_BYTES), so neither tile seams nor the row bands of a streamed image cut a
   cell, and ids are unique over the image.
@@ -264,7 +264,7 @@ def predict_batch(inputs: Sequence[str | os.PathLike], models: Sequence[str | os
     if opts.instances:  # untuned default: cells where the mask is (the vote's own decision threshold)
         untuned = InstanceParams(fg_threshold=decision_threshold(opts.vote, opts.threshold))
         params = run_instance_params(models, untuned).replace(
-            min_size=opts.min_size, fg_threshold=opts.fg_threshold, seed_threshold=opts.seed_threshold,
+            min_size=opts.min_size, fg_threshold=opts.fg_threshold, seed_threshold=opts.seed_threshold, seed_h=opts.seed_h,
             merge_threshold=opts.merge_threshold, small_fraction=opts.small_fraction)
     if predictor is not None or not (out / CONFIG_NAME).is_file():
         write_predict_config(out, models, opts, predictor, params)

@@ -59,6 +59,9 @@ class InstanceParams:
     fg_threshold:   a pixel is cell when channel 0 (foreground probability) > this.
     seed_threshold: contour: a cell's core is foreground with boundary probability (ch1) < this;
                     distance: a cell's core is where the normalised distance to its border (ch1) > this.
+    seed_h:         > 0: a core must also hold a peak of the core score that rises at least this much above the
+                    saddle to any higher peak (an h-maximum), so one core region with two peaks gives two seeds:
+                    touching cells whose maps dip only a little between them still split. 0 = threshold only.
     min_size:       objects with fewer pixels are dropped (last step).
     fill_holes:     fill background holes enclosed by foreground before splitting (so no cell has a hole).
     connectivity:   1 = 4-neighbours, 2 = 8-neighbours, for foreground components and seeds.
@@ -77,9 +80,10 @@ class InstanceParams:
     connectivity: int = 2
     merge_threshold: float = 1.0
     small_fraction: float = 0.0
+    seed_h: float = 0.0
 
     def __post_init__(self):
-        for name in ("fg_threshold", "seed_threshold", "merge_threshold", "small_fraction"):
+        for name in ("fg_threshold", "seed_threshold", "merge_threshold", "small_fraction", "seed_h"):
             if not 0.0 <= float(getattr(self, name)) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if int(self.min_size) < 0:
@@ -98,7 +102,7 @@ class InstanceParams:
         if unknown:
             raise ValueError(f"{source}: unknown instance parameter(s) {unknown}; known: {', '.join(sorted(names))}")
         types = {"fg_threshold": float, "seed_threshold": float, "min_size": int, "fill_holes": bool,
-                 "connectivity": int, "merge_threshold": float, "small_fraction": float}
+                 "connectivity": int, "merge_threshold": float, "small_fraction": float, "seed_h": float}
         try:
             return cls(**{k: types[k](v) for k, v in data.items()})
         except (TypeError, ValueError) as exc:
@@ -210,7 +214,7 @@ def _split(fg: np.ndarray, seeds: np.ndarray, surface: np.ndarray, connectivity:
     return _watershed(surface, markers, fg, components)
 
 
-def _label_binary(maps: np.ndarray, params: InstanceParams) -> np.ndarray:
+def _label_binary(maps: np.ndarray, params: InstanceParams, peaks: np.ndarray | None = None) -> np.ndarray:
     return label_components(_foreground(maps, params), params.connectivity)
 
 
@@ -291,20 +295,44 @@ def absorb_fragments(labels: np.ndarray, fraction: float) -> np.ndarray:
     return lut[labels]
 
 
-def _label_contour(maps: np.ndarray, params: InstanceParams) -> np.ndarray:
+def core_peaks(core: np.ndarray, h: float) -> np.ndarray:
+    """(H, W) bool: the h-maxima of a core score (`core_score`, float in [0, 1]): regional peaks at least `h` above
+    the saddle to any higher peak (skimage.morphology.h_maxima). Computed on the score rounded to 1/1024 so that
+    float noise makes no plateau into many peaks."""
+    from skimage.morphology import h_maxima
+
+    levels = np.round(np.asarray(core, np.float32) * 1024.0).astype(np.int32)
+    return h_maxima(levels, max(1, int(round(h * 1024.0)))).astype(bool)
+
+
+def _seeds(maps: np.ndarray, kind: str, params: InstanceParams, core_mask: np.ndarray,
+           peaks: np.ndarray | None) -> np.ndarray:
+    """Seed pixels: the thresholded core (`core_mask`), restricted to h-maxima when params.seed_h > 0. `peaks`:
+    precomputed `core_peaks(core_score(maps, kind), params.seed_h)` (tuning reuses them across thresholds)."""
+    if params.seed_h <= 0:
+        return core_mask
+    if peaks is None:
+        peaks = core_peaks(core_score(maps, kind), params.seed_h)
+    return core_mask & peaks
+
+
+def _label_contour(maps: np.ndarray, params: InstanceParams, peaks: np.ndarray | None = None) -> np.ndarray:
     fg = _foreground(maps, params)
     boundary = maps[..., 1]
-    return _split(fg, boundary < _scaled(maps, params.seed_threshold), boundary, params.connectivity)
+    seeds = _seeds(maps, "contour", params, boundary < _scaled(maps, params.seed_threshold), peaks)
+    return _split(fg, seeds, boundary, params.connectivity)
 
 
-def _label_distance(maps: np.ndarray, params: InstanceParams) -> np.ndarray:
+def _label_distance(maps: np.ndarray, params: InstanceParams, peaks: np.ndarray | None = None) -> np.ndarray:
     fg = _foreground(maps, params)
     dist = maps[..., 1]
     surface = (255 - dist) if dist.dtype == np.uint8 else -dist
-    return _split(fg, dist > _scaled(maps, params.seed_threshold), surface, params.connectivity)
+    seeds = _seeds(maps, "distance", params, dist > _scaled(maps, params.seed_threshold), peaks)
+    return _split(fg, seeds, surface, params.connectivity)
 
 
-#: target kind (`data.targets.TARGETS`) -> labeller((H, W, C) maps, params) -> (H, W) int32, before size filtering.
+#: target kind (`data.targets.TARGETS`) -> labeller((H, W, C) maps, params, peaks=None) -> (H, W) int32, before
+#: size filtering (peaks: see `_seeds`).
 LABELLERS = {"binary": _label_binary, "contour": _label_contour, "distance": _label_distance}
 
 
@@ -327,7 +355,8 @@ def labels_from_maps(maps: np.ndarray, kind: str = "binary", params: InstancePar
 
     binary:   connected components of ch0 > fg_threshold;
     contour:  seeds = components of foreground with ch1 (boundary) < seed_threshold, watershed on ch1;
-    distance: seeds = components of ch1 (distance to the cell border) > seed_threshold, watershed on -ch1.
+    distance: seeds = components of ch1 (distance to the cell border) > seed_threshold, watershed on -ch1;
+    with seed_h > 0 seeds are only the h-maxima of the core score inside those regions (`core_peaks`).
     Holes in the foreground are filled first (`fill_holes`); then cells split without a real border between them
     are merged (`merge_threshold`), fragments join their neighbour (`small_fraction`), objects under `min_size` px
     are dropped and ids renumbered.

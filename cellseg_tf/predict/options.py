@@ -103,7 +103,7 @@ class BatchOptions(PredictOptions):
     save_prob: None | "npy" | "tiff" (also write the float32 vote map, channel 0 of instance-target maps);
     instances: also write instance labels (`instances.labels_from_maps` on the ensemble's maps) with the
     post-processing saved beside the models (RUN/instances.yaml, else `instances.InstanceParams()` defaults);
-    min_size / fg_threshold / seed_threshold / merge_threshold / small_fraction, when not None, override those
+    min_size / fg_threshold / seed_threshold / seed_h / merge_threshold / small_fraction, when not None, override those
     values. The run-control fields (`RUN_CONTROL`: overwrite, shard, progress,
     flush_every_s) change how the job runs, not what it writes, and are left out of `predict_config.yaml`.
     """
@@ -113,6 +113,7 @@ class BatchOptions(PredictOptions):
     min_size: int | None = None
     fg_threshold: float | None = None
     seed_threshold: float | None = None
+    seed_h: float | None = None
     merge_threshold: float | None = None
     small_fraction: float | None = None
     overwrite: bool = False
@@ -127,7 +128,7 @@ class BatchOptions(PredictOptions):
         _one_of("save_prob", self.save_prob, (None, *PROB_FORMATS))
         if self.min_size is not None and self.min_size < 0:
             raise ValueError(f"min_size must be >= 0, got {self.min_size}")
-        for name in ("fg_threshold", "seed_threshold", "merge_threshold", "small_fraction"):
+        for name in ("fg_threshold", "seed_threshold", "seed_h", "merge_threshold", "small_fraction"):
             value = getattr(self, name)
             if value is not None and not 0 <= value <= 1:
                 raise ValueError(f"{name} must be in [0, 1], got {value}")

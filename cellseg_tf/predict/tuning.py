@@ -1,14 +1,16 @@
 """Tune the instance post-processing of a trained run on its validation images (never on test images).
 
-`tune_instances` scores a grid of `InstanceParams` (foreground threshold × seed threshold × border-merge threshold
-× fragment fraction × minimum size) by instance F1 at IoU 0.5 with TP/FP/FN summed over all validation images, and
-keeps the best (ties: the larger summed IoU of the matched cells). It is vectorised over the grid: each image's maps
-are predicted once, each (fg, seed) pair floods once per image, each merge threshold and fragment fraction refines
-that flood, and every minimum size is scored from one IoU matrix by dropping the columns of the predicted objects
-it would remove (dropping an object changes no other object's IoU).
+`tune_instances` scores a grid of `InstanceParams` (foreground threshold × seed threshold × seed peak depth ×
+border-merge threshold × fragment fraction × minimum size) by instance F1 at IoU 0.5 with TP/FP/FN summed over all
+validation images, and keeps the best (ties: the larger summed IoU of the matched cells). It is vectorised over the
+grid: each image's maps are predicted once, each (fg, seed, peak depth) floods once per image, each merge threshold
+and fragment fraction refines that flood, and every minimum size is scored from one IoU matrix by dropping the
+columns of the predicted objects it would remove (dropping an object changes no other object's IoU).
 
 `tune_run(RUN)` does it for a training run: the validation split of the run's manifest (the same rows training
-validated on), the run's best.keras, RUN/instances.yaml (best params, with the score under `tuning:`) and
+validated on), each image also shrunk to 0.7× (`VAL_SCALES`: the same kind of image at another magnification has
+smaller, denser cells, and the chosen post-processing has to hold there too; measured on the real sets, see
+docs/PREDICTION.md "Cells"), the run's best.keras, RUN/instances.yaml (best params, with the score under `tuning:`) and
 RUN/instances_grid.csv (every grid point), both written atomically. Prediction reads RUN/instances.yaml beside the
 checkpoint (`instances.run_instance_params`).
 """
@@ -24,19 +26,21 @@ from typing import Sequence
 
 import numpy as np
 
-from .instances import InstanceParams, LABELLERS, mask_labels, refine, save_instance_params
+from .instances import InstanceParams, LABELLERS, core_peaks, core_score, mask_labels, refine, save_instance_params
 from .matching import iou_matrix, match_ious
 from ..common.files import write_text_atomic
 from .options import TTA_AUTO, PredictOptions
 
 FG_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
 SEED_THRESHOLDS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+SEED_HS = (0.0, 0.05, 0.2)                  # h-maximum depth of a seed's peak; 0 = threshold only
 MIN_SIZES = (0, 8, 16, 32, 64)
 MERGE_THRESHOLDS = (0.2, 0.3, 1.0)          # 1.0 = never merge
 SMALL_FRACTIONS = (0.0, 0.2, 0.3, 0.4)      # 0 = keep fragments as cells
+VAL_SCALES = (1.0, 0.7)                     # validation images as they are and shrunk to 0.7×
 TTA_CANDIDATES = ("none", "d4")             # tta "auto": both are tuned, the better validation F1 is kept
-GRID_COLUMNS = ["fg_threshold", "seed_threshold", "merge_threshold", "small_fraction", "min_size", "tp", "fp", "fn",
-                "precision", "recall", "f1", "sum_matched_iou"]
+GRID_COLUMNS = ["fg_threshold", "seed_threshold", "seed_h", "merge_threshold", "small_fraction", "min_size", "tp",
+                "fp", "fn", "precision", "recall", "f1", "sum_matched_iou"]
 
 
 @dataclass
@@ -48,16 +52,17 @@ class TuningResult:
     grid: object
     n_images: int
     tta: str = "none"           # the test-time augmentation the maps were predicted with
+    scales: tuple = (1.0,)      # the validation image scales scored (n_images counts every scaled copy)
 
 
 def default_grid(kind: str) -> dict[str, tuple]:
     """The grid searched for a target kind: binary maps have no seeds and no borders between touching cells, so only
     fg threshold × fragment fraction × min size."""
     if kind == "binary":
-        seeds, merges = (InstanceParams().seed_threshold,), (InstanceParams().merge_threshold,)
+        seeds, hs, merges = (InstanceParams().seed_threshold,), (0.0,), (InstanceParams().merge_threshold,)
     else:
-        seeds, merges = SEED_THRESHOLDS, MERGE_THRESHOLDS
-    return {"fg_threshold": FG_THRESHOLDS, "seed_threshold": seeds, "merge_threshold": merges,
+        seeds, hs, merges = SEED_THRESHOLDS, SEED_HS, MERGE_THRESHOLDS
+    return {"fg_threshold": FG_THRESHOLDS, "seed_threshold": seeds, "seed_h": hs, "merge_threshold": merges,
             "small_fraction": SMALL_FRACTIONS, "min_size": MIN_SIZES}
 
 
@@ -75,8 +80,8 @@ def tune_instances(maps: Sequence[np.ndarray], truths: Sequence[np.ndarray], kin
     """Grid search of InstanceParams on cached maps.
 
     maps: per image (H, W, C) float32 (or uint8) predicted maps; truths: per image (H, W) int truth labels.
-    grid: {"fg_threshold": [...], "seed_threshold": [...], "merge_threshold": [...], "small_fraction": [...],
-    "min_size": [...]}, missing keys from `default_grid(kind)`;
+    grid: {"fg_threshold": [...], "seed_threshold": [...], "seed_h": [...], "merge_threshold": [...],
+    "small_fraction": [...], "min_size": [...]}, missing keys from `default_grid(kind)`;
     base: the other fields (fill_holes, connectivity). Score: F1 = 2·TP / (2·TP + FP + FN), counts summed over
     images.
     """
@@ -90,16 +95,17 @@ def tune_instances(maps: Sequence[np.ndarray], truths: Sequence[np.ndarray], kin
     grid = {**default_grid(kind), **(grid or {})}
     base = base or InstanceParams()
     min_sizes = sorted({int(v) for v in grid["min_size"]})
-    pairs = list(itertools.product(grid["fg_threshold"], grid["seed_threshold"]))
+    pairs = list(itertools.product(grid["fg_threshold"], grid["seed_threshold"], grid["seed_h"]))
     refines = list(itertools.product(grid["merge_threshold"], grid["small_fraction"]))
     totals = np.zeros((len(pairs), len(refines), len(min_sizes), 4))          # tp, fp, fn, summed IoU
+    maps = [np.asarray(m) if np.ndim(m) == 3 else np.asarray(m)[..., None] for m in maps]
+    peaks = {(i, h): core_peaks(core_score(m, kind), h) for i, m in enumerate(maps)
+             for h in sorted(set(grid["seed_h"])) if h > 0 and kind != "binary"}   # reused by every threshold
     bar = tqdm(total=len(pairs) * len(maps), desc="tune instances", unit="flood", disable=not progress)
-    for j, (fg, seed) in enumerate(pairs):
-        params = base.replace(fg_threshold=fg, seed_threshold=seed, min_size=0)
-        for m, t in zip(maps, truths):
-            m = np.asarray(m)
-            m = m if m.ndim == 3 else m[..., None]
-            raw = LABELLERS[kind](m, params)
+    for j, (fg, seed, h) in enumerate(pairs):
+        params = base.replace(fg_threshold=fg, seed_threshold=seed, seed_h=h, min_size=0)
+        for i, (m, t) in enumerate(zip(maps, truths)):
+            raw = LABELLERS[kind](m, params, peaks.get((i, h)))
             for r, (merge, fraction) in enumerate(refines):
                 labels = refine(raw, m, kind, params.replace(merge_threshold=merge, small_fraction=fraction))
                 iou = iou_matrix(t, labels)
@@ -110,11 +116,12 @@ def tune_instances(maps: Sequence[np.ndarray], truths: Sequence[np.ndarray], kin
             bar.update()
     bar.close()
     rows = []
-    for (j, (fg, seed)), (r, (merge, fraction)), (k, size) in itertools.product(
+    for (j, (fg, seed, h)), (r, (merge, fraction)), (k, size) in itertools.product(
             enumerate(pairs), enumerate(refines), enumerate(min_sizes)):
         tp, fp, fn, s_iou = totals[j, r, k]
         den = 2 * tp + fp + fn
-        rows.append({"fg_threshold": float(fg), "seed_threshold": float(seed), "merge_threshold": float(merge),
+        rows.append({"fg_threshold": float(fg), "seed_threshold": float(seed), "seed_h": float(h),
+                     "merge_threshold": float(merge),
                      "small_fraction": float(fraction), "min_size": size, "tp": int(tp),
                      "fp": int(fp), "fn": int(fn), "precision": tp / (tp + fp) if tp + fp else 1.0,
                      "recall": tp / (tp + fn) if tp + fn else 1.0, "f1": 2 * tp / den if den else 1.0,
@@ -123,7 +130,8 @@ def tune_instances(maps: Sequence[np.ndarray], truths: Sequence[np.ndarray], kin
     table = table.sort_values(["f1", "sum_matched_iou"], ascending=False, kind="stable").reset_index(drop=True)
     best = table.iloc[0]
     params = base.replace(fg_threshold=float(best.fg_threshold), seed_threshold=float(best.seed_threshold),
-                          merge_threshold=float(best.merge_threshold), small_fraction=float(best.small_fraction),
+                          seed_h=float(best.seed_h), merge_threshold=float(best.merge_threshold),
+                          small_fraction=float(best.small_fraction),
                           min_size=int(best.min_size))
     return TuningResult(params, float(best.f1), table, len(maps))
 
@@ -135,7 +143,8 @@ def write_tuning(run: str | os.PathLike, result: TuningResult, kind: str) -> tup
     result.grid.to_csv(text, index=False)
     grid_path = write_text_atomic(run / "instances_grid.csv", text.getvalue())
     yaml_path = save_instance_params(run / "instances.yaml", result.params, kind=kind, val_f1=result.f1,
-                                     val_images=result.n_images, tta=result.tta, grid="instances_grid.csv")
+                                     val_images=result.n_images, val_scales=list(result.scales), tta=result.tta,
+                                     grid="instances_grid.csv")
     return yaml_path, grid_path
 
 
@@ -164,15 +173,18 @@ def validation_samples(run: str | os.PathLike, manifest: str | os.PathLike | Non
 
 def tune_run(run: str | os.PathLike, model: str | os.PathLike | None = None,
              manifest: str | os.PathLike | None = None, grid: dict[str, Sequence] | None = None,
-             options: PredictOptions | None = None, progress: bool = True) -> TuningResult:
+             options: PredictOptions | None = None, progress: bool = True,
+             scales: Sequence[float] = VAL_SCALES) -> TuningResult:
     """Tune the post-processing of RUN's model (default RUN/best.keras) on its validation images and write
     RUN/instances.yaml + RUN/instances_grid.csv. options: how the Predictor tiles and normalises (default
     `PredictOptions()`, normalisation from the run's config). With tta "auto" (the default) the validation images
     are predicted both plainly and with d4 test-time augmentation; d4 is kept (saved as `tta: d4`, which
-    prediction's tta "auto" then uses) only when its best F1 is higher: 8× the prediction time has to pay."""
+    prediction's tta "auto" then uses) only when its best F1 is higher: 8× the prediction time has to pay.
+    scales: each validation image is also scored resized by these factors (image area-averaged, truth nearest)."""
     from tqdm.auto import tqdm
 
-    from ..data.io import read_mask
+    from ..data.io import read_image, read_mask
+    from ..data.preprocessing import rescale_pair
     from .inference import Predictor
 
     run = Path(run)
@@ -185,12 +197,25 @@ def tune_run(run: str | os.PathLike, model: str | os.PathLike | None = None,
     candidates = TTA_CANDIDATES if options.tta == TTA_AUTO else (options.tta,)
     truths = [mask_labels(read_mask(s.mask, threshold=threshold) if threshold > 0 else
                           read_mask(s.mask, instances=True))[0] for s in samples]
+    scales = [float(v) for v in scales]
+    if not scales or min(scales) <= 0:
+        raise ValueError(f"scales must be positive factors, got {scales}")
     best, best_tta = None, None
     for tta in candidates:
         predictor = Predictor.from_files([model], dataclasses.replace(options, tta=tta))
-        maps = [predictor.predict_file(s.image)[0]
-                for s in tqdm(samples, desc=f"predict val (tta {tta})", unit="img", disable=not progress)]
-        result = tune_instances(maps, truths, predictor.kind, grid, progress=progress)
+        maps, scored = [], []
+        for s, truth in tqdm(list(zip(samples, truths)), desc=f"predict val (tta {tta})", unit="img",
+                             disable=not progress):
+            for scale in scales:
+                if scale == 1.0:
+                    maps.append(predictor.predict_file(s.image)[0])
+                    scored.append(truth)
+                else:
+                    image, small = rescale_pair(read_image(s.image, predictor.channels), truth, scale)
+                    maps.append(predictor.predict_image(image))
+                    scored.append(small)
+        result = tune_instances(maps, scored, predictor.kind, grid, progress=progress)
+        result.scales = tuple(scales)
         if best is None or result.f1 > best.f1:
             best, best_tta, kind = result, tta, predictor.kind
     best.tta = best_tta
