@@ -38,6 +38,8 @@ def test_iou_matrix_matches_brute_force():
     np.testing.assert_allclose(got, ref)
     with pytest.raises(ValueError, match="shape"):
         iou_matrix(t, p[:5])
+    from cellseg_tf.predict.matching import consecutive_labels
+    np.testing.assert_array_equal(iou_matrix(t, p, consecutive_labels(t)), got)   # the truth relabelled once
 
 
 def _touching_truth():
@@ -467,3 +469,29 @@ def test_seed_h_splits_one_core_region_with_two_peaks_by_their_depth(tmp_path):
     p = InstanceParams(seed_h=0.05)
     assert load_instance_params(save_instance_params(tmp_path / "i.yaml", p)).seed_h == 0.05
     assert p.replace(seed_h=None).seed_h == 0.05
+
+
+def test_refinements_give_refine_for_every_pair_in_grid_order():
+    """Tuning's shared-merge loop (`refinements`) yields exactly what `refine` gives prediction, pair by pair."""
+    import itertools
+
+    from cellseg_tf.predict.instances import (LABELLERS, absorb_fragments, merge_weak_borders, refine,
+                                              refinements)
+
+    _, _, _, distance = _touching_discs()
+    cell = _two_peak_cell()
+    merges, fractions = (0.2, 0.4, 1.0), (0.0, 0.3, 0.6)
+    for maps in (distance, cell):
+        raw = LABELLERS["distance"](maps, InstanceParams(seed_threshold=0.8))
+        got = list(refinements(raw, maps, "distance", merges, fractions))
+        assert [(m, f) for m, f, _ in got] == list(itertools.product(merges, fractions))
+        for m, f, labels in got:
+            want = refine(raw, maps, "distance", InstanceParams(merge_threshold=m, small_fraction=f))
+            np.testing.assert_array_equal(labels, want)
+            np.testing.assert_array_equal(labels, absorb_fragments(merge_weak_borders(raw, maps[..., 1], m), f))
+    assert len({np.unique(labels).size for _, _, labels in got}) > 1   # on the two-peak cell the grid matters
+    binary = (distance[..., :1] > 0.5).astype(np.float32)
+    raw = LABELLERS["binary"](binary, InstanceParams())
+    for m, f, labels in refinements(raw, binary, "binary", merges, fractions):   # no core: merging is a no-op
+        np.testing.assert_array_equal(labels, refine(raw, binary, "binary",
+                                                     InstanceParams(merge_threshold=m, small_fraction=f)))

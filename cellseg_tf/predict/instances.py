@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -374,10 +375,20 @@ def labels_from_maps(maps: np.ndarray, kind: str = "binary", params: InstancePar
 
 def refine(labels: np.ndarray, maps: np.ndarray, kind: str, params: InstanceParams) -> np.ndarray:
     """The steps after flooding, before `drop_small`: merge weak borders, then absorb fragments. (H, W) int32."""
+    return next(refinements(labels, maps, kind, (params.merge_threshold,), (params.small_fraction,)))[2]
+
+
+def refinements(labels: np.ndarray, maps: np.ndarray, kind: str, merge_thresholds: Sequence[float],
+                small_fractions: Sequence[float]) -> Iterator[tuple[float, float, np.ndarray]]:
+    """Yield (merge_threshold, small_fraction, `refine`d (H, W) int32 labels) for every pair, merges outermost: the
+    merge for one threshold is computed once and shared by its fractions (what tuning needs). A step that changes
+    nothing returns its input array itself, so equal results are often the same object."""
     core = core_score(maps, kind)
-    if core is not None:
-        labels = merge_weak_borders(labels, core, params.merge_threshold)
-    return absorb_fragments(labels, params.small_fraction)
+    labels = np.asarray(labels, np.int32)
+    for merge in merge_thresholds:
+        merged = labels if core is None else merge_weak_borders(labels, core, merge)
+        for fraction in small_fractions:
+            yield merge, fraction, absorb_fragments(merged, fraction)
 
 
 def label_image_dtype(n_labels: int) -> np.dtype:

@@ -22,7 +22,7 @@ def _ratio(num: float, den: float) -> float:
     return float(num / den) if den > 0 else 1.0
 
 
-def _relabel(labels: np.ndarray) -> tuple[np.ndarray, int]:
+def consecutive_labels(labels: np.ndarray) -> tuple[np.ndarray, int]:
     """Map labels to consecutive 0..n (0 stays background); returns (flat int64 labels, n).
 
     A lookup table over the label values (O(pixels)) when they are small non-negative integers, else np.unique.
@@ -39,16 +39,18 @@ def _relabel(labels: np.ndarray) -> tuple[np.ndarray, int]:
     return inv.astype(np.int64) + 1, int(vals.size)
 
 
-def iou_matrix(true_labels: np.ndarray, pred_labels: np.ndarray) -> np.ndarray:
+def iou_matrix(true_labels: np.ndarray, pred_labels: np.ndarray,
+               true_consecutive: tuple[np.ndarray, int] | None = None) -> np.ndarray:
     """IoU of every (true object, predicted object) pair: (n_true, n_pred) float64, from one pixel contingency table.
 
-    true_labels, pred_labels: (H, W) integer label images of the same shape.
+    true_labels, pred_labels: (H, W) integer label images of the same shape. true_consecutive:
+    `consecutive_labels(true_labels)` when one truth is scored against many predictions (tuning), computed once.
     """
     if np.shape(true_labels) != np.shape(pred_labels):
         raise ValueError(f"label images differ in shape: truth {np.shape(true_labels)} vs "
                          f"prediction {np.shape(pred_labels)}")
-    t, nt = _relabel(true_labels)
-    p, np_ = _relabel(pred_labels)
+    t, nt = true_consecutive if true_consecutive is not None else consecutive_labels(true_labels)
+    p, np_ = consecutive_labels(pred_labels)
     overlap = np.bincount(t * (np_ + 1) + p, minlength=(nt + 1) * (np_ + 1)).reshape(nt + 1, np_ + 1)
     area_t = overlap.sum(axis=1, keepdims=True)[1:]
     area_p = overlap.sum(axis=0, keepdims=True)[:, 1:]

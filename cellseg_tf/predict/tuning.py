@@ -4,7 +4,8 @@
 border-merge threshold × fragment fraction × minimum size) by instance F1 at IoU 0.5 with TP/FP/FN summed over all
 validation images, and keeps the best (ties: the larger summed IoU of the matched cells). It is vectorised over the
 grid: each image's maps are predicted once, each (fg, seed, peak depth) floods once per image, each merge threshold
-and fragment fraction refines that flood, and every minimum size is scored from one IoU matrix by dropping the
+merges that flood once and each fragment fraction refines the merge (`instances.refinements`, the steps prediction
+runs; a label image that a step left unchanged is scored once), and every minimum size is scored from one IoU matrix by dropping the
 columns of the predicted objects it would remove (dropping an object changes no other object's IoU).
 
 `tune_run(RUN)` does it for a training run: the validation split of the run's manifest (the same rows training
@@ -26,8 +27,9 @@ from typing import Sequence
 
 import numpy as np
 
-from .instances import InstanceParams, LABELLERS, core_peaks, core_score, mask_labels, refine, save_instance_params
-from .matching import iou_matrix, match_ious
+from .instances import (InstanceParams, LABELLERS, core_peaks, core_score, mask_labels, refinements,
+                        save_instance_params)
+from .matching import consecutive_labels, iou_matrix, match_ious
 from ..common.files import write_text_atomic
 from .options import TTA_AUTO, PredictOptions
 
@@ -96,23 +98,26 @@ def tune_instances(maps: Sequence[np.ndarray], truths: Sequence[np.ndarray], kin
     base = base or InstanceParams()
     min_sizes = sorted({int(v) for v in grid["min_size"]})
     pairs = list(itertools.product(grid["fg_threshold"], grid["seed_threshold"], grid["seed_h"]))
-    refines = list(itertools.product(grid["merge_threshold"], grid["small_fraction"]))
+    merges, fractions = tuple(grid["merge_threshold"]), tuple(grid["small_fraction"])
+    refines = list(itertools.product(merges, fractions))            # the order `refinements` yields them in
     totals = np.zeros((len(pairs), len(refines), len(min_sizes), 4))          # tp, fp, fn, summed IoU
     maps = [np.asarray(m) if np.ndim(m) == 3 else np.asarray(m)[..., None] for m in maps]
     peaks = {(i, h): core_peaks(core_score(m, kind), h) for i, m in enumerate(maps)
              for h in sorted(set(grid["seed_h"])) if h > 0 and kind != "binary"}   # reused by every threshold
+    truth_flat = [consecutive_labels(t) for t in truths]                      # each truth relabelled once
     bar = tqdm(total=len(pairs) * len(maps), desc="tune instances", unit="flood", disable=not progress)
     for j, (fg, seed, h) in enumerate(pairs):
         params = base.replace(fg_threshold=fg, seed_threshold=seed, seed_h=h, min_size=0)
         for i, (m, t) in enumerate(zip(maps, truths)):
             raw = LABELLERS[kind](m, params, peaks.get((i, h)))
-            for r, (merge, fraction) in enumerate(refines):
-                labels = refine(raw, m, kind, params.replace(merge_threshold=merge, small_fraction=fraction))
-                iou = iou_matrix(t, labels)
-                sizes = np.bincount(labels.ravel())[1:]
-                sizes = sizes[sizes > 0]                             # iou_matrix's columns: the ids present, in order
-                for k, size in enumerate(min_sizes):
-                    totals[j, r, k] += _counts(iou, sizes >= max(1, size))
+            scored = {}                 # id(labels) -> (labels, counts per min size): unchanged steps return their input
+            for r, (_, _, labels) in enumerate(refinements(raw, m, kind, merges, fractions)):
+                if id(labels) not in scored:
+                    iou = iou_matrix(t, labels, truth_flat[i])
+                    sizes = np.bincount(labels.ravel())[1:]
+                    sizes = sizes[sizes > 0]                         # iou_matrix's columns: the ids present, in order
+                    scored[id(labels)] = labels, [_counts(iou, sizes >= max(1, size)) for size in min_sizes]
+                totals[j, r] += scored[id(labels)][1]
             bar.update()
     bar.close()
     rows = []
