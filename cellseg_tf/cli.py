@@ -76,7 +76,8 @@ def _tune(run, verbose: int = 1) -> None:
     result = tune_run(run, progress=bool(verbose))
     p = result.params
     print(f"instances={Path(run) / 'instances.yaml'} val_instance_f1={result.f1:.4f} n_val={result.n_images} "
-          f"fg_threshold={p.fg_threshold} seed_threshold={p.seed_threshold} seed_h={p.seed_h} merge_threshold={p.merge_threshold} "
+          f"fg_threshold={p.fg_threshold} seed_threshold={p.seed_threshold} seed_h={p.seed_h} "
+          f"merge_threshold={p.merge_threshold} "
           f"small_fraction={p.small_fraction} min_size={p.min_size} tta={result.tta}")
 
 

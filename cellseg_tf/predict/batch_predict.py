@@ -264,8 +264,8 @@ def predict_batch(inputs: Sequence[str | os.PathLike], models: Sequence[str | os
     if opts.instances:  # untuned default: cells where the mask is (the vote's own decision threshold)
         untuned = InstanceParams(fg_threshold=decision_threshold(opts.vote, opts.threshold))
         params = run_instance_params(models, untuned).replace(
-            min_size=opts.min_size, fg_threshold=opts.fg_threshold, seed_threshold=opts.seed_threshold, seed_h=opts.seed_h,
-            merge_threshold=opts.merge_threshold, small_fraction=opts.small_fraction)
+            min_size=opts.min_size, fg_threshold=opts.fg_threshold, seed_threshold=opts.seed_threshold,
+            seed_h=opts.seed_h, merge_threshold=opts.merge_threshold, small_fraction=opts.small_fraction)
     if predictor is not None or not (out / CONFIG_NAME).is_file():
         write_predict_config(out, models, opts, predictor, params)
     n_tta = len(TTA_MODES[predictor.options.tta]) if predictor is not None else 1

@@ -5,8 +5,9 @@ border-merge threshold × fragment fraction × minimum size) by instance F1 at I
 validation images, and keeps the best (ties: the larger summed IoU of the matched cells). It is vectorised over the
 grid: each image's maps are predicted once, each (fg, seed, peak depth) floods once per image, each merge threshold
 merges that flood once and each fragment fraction refines the merge (`instances.refinements`, the steps prediction
-runs; a label image that a step left unchanged is scored once), and every minimum size is scored from one IoU matrix by dropping the
-columns of the predicted objects it would remove (dropping an object changes no other object's IoU).
+runs; a label image that a step left unchanged is scored once), and every minimum size is scored from one IoU
+matrix by dropping the columns of the predicted objects it would remove (dropping an object changes no other
+object's IoU).
 
 `tune_run(RUN)` does it for a training run: the validation split of the run's manifest (the same rows training
 validated on), each image also shrunk to 0.7× (`VAL_SCALES`: the same kind of image at another magnification has
@@ -110,7 +111,7 @@ def tune_instances(maps: Sequence[np.ndarray], truths: Sequence[np.ndarray], kin
         params = base.replace(fg_threshold=fg, seed_threshold=seed, seed_h=h, min_size=0)
         for i, (m, t) in enumerate(zip(maps, truths)):
             raw = LABELLERS[kind](m, params, peaks.get((i, h)))
-            scored = {}                 # id(labels) -> (labels, counts per min size): unchanged steps return their input
+            scored = {}     # id(labels) -> (labels, counts per min size): an unchanged step returns its input
             for r, (_, _, labels) in enumerate(refinements(raw, m, kind, merges, fractions)):
                 if id(labels) not in scored:
                     iou = iou_matrix(t, labels, truth_flat[i])
