@@ -163,7 +163,8 @@ def run_package_arm(kind: str, splits: Splits, minutes: float, out: Path, overri
 
     from cellseg_tf.models import target_kind
     from cellseg_tf.predict.inference import Predictor
-    from cellseg_tf.predict.instances import as_label_image, labels_from_maps, run_instance_params
+    from cellseg_tf.predict.instance_params import run_instance_params
+    from cellseg_tf.predict.instances import as_label_image, labels_from_maps
     from cellseg_tf.predict.tuning import tune_run
     from cellseg_tf.training.config import TrainConfig
     from cellseg_tf.training.engine import train

@@ -3,7 +3,7 @@ validation, tested once.
 
 Usage: python benchmarks/bench_real.py --minutes M [--sets isbi2012_em,usiigaci_phase,dsb2018_fluo,stardist_dsb_sample]
        [--candidate NAME:KEY=VALUE,KEY=VALUE]... [--out runs/bench_real] [--data ../shared/data] [--seed 0]
-       [--set KEY=VALUE]...
+       [--set KEY=VALUE]... [--skip-plain]
 
 Arms, per set, each trained for the same `--minutes` of wall clock, one after another in one run:
   plain      the yardstick: a plain Keras U-Net (benchmarks/bench_train.py: `plain_unet`, base 16, BN, bilinear up,
@@ -261,6 +261,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override for every arm (tests/smoke runs shrink the model with it)")
+    ap.add_argument("--skip-plain", action="store_true",
+                    help="leave out the plain arm (comparing candidates with the defaults only; the README table "
+                         "needs it)")
     args = ap.parse_args(argv)
     if args.minutes <= 0:
         ap.error("--minutes must be > 0")
@@ -296,8 +299,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{name}] {len(splits.train)} train, {len(splits.val)} val, {len(splits.test)} test images; "
               f"{args.minutes:g} min per arm" + ("; sanity case: no test rows, test = train" if splits.sanity
                                                   else ""), flush=True)
-        results.append(run_plain(splits, base, seconds, out / name / "plain", args.seed))
-        print(f"[{name}] done: {key_values(results[-1])}", flush=True)
+        if not args.skip_plain:
+            results.append(run_plain(splits, base, seconds, out / name / "plain", args.seed))
+            print(f"[{name}] done: {key_values(results[-1])}", flush=True)
         for arm, overrides in arms:
             results.append(run_package(arm, splits, overrides, seconds, out / name / arm, args.seed))
             print(f"[{name}] done: {key_values(results[-1])} ({results[-1]['note']})", flush=True)

@@ -15,7 +15,7 @@ STAGES: list[tuple[str, list[str]]] = [
               "augment", "sampling", "dataset", "expand", "patches"]),
     ("models", ["*"]),
     ("training", ["loss_functions", "losses", "metrics", "config", "callbacks", "schedules", "distribute", "engine", "crossval"]),
-    ("predict", ["options", "ensemble", "matching", "instances", "inference", "tuning", "batch_predict"]),
+    ("predict", ["options", "ensemble", "matching", "instance_params", "instances", "inference", "tuning", "batch_predict"]),
     ("fewshot", ["*"]),
     ("analysis", ["evaluation", "morphometry", "statistics"]),
     ("", ["demo", "cli_args", "cli"]),

@@ -42,7 +42,8 @@ def test_register_policy_adds_entry():
     np.testing.assert_array_equal(out, img[:, ::-1])
 
 
-@pytest.mark.parametrize("name", ["none", "flips", "default", "unet_classic", "brightfield_2stage"])
+@pytest.mark.parametrize("name", ["none", "flips", "default", "default_scale_blur", "unet_classic",
+                                  "brightfield_2stage"])
 @pytest.mark.parametrize("channels", [1, 3])
 def test_policy_keeps_shape_dtype_binary_and_reproduces(name, channels):
     rng = np.random.default_rng(0)
@@ -73,7 +74,7 @@ def test_geometric_policies_keep_mask_aligned(name):
         assert _iou(img[..., 0] > 0.5, m > 0) > 0.9
 
 
-@pytest.mark.parametrize("name", ["default", "brightfield_2stage", "unet_classic", "flips"])
+@pytest.mark.parametrize("name", ["default", "default_scale_blur", "brightfield_2stage", "unet_classic", "flips"])
 @pytest.mark.parametrize("channels", [1, 3])
 def test_every_full_policy_keeps_mask_aligned(name, channels):
     """Image = the mask (in every channel), the whole policy, photometric stage included: the augmented image must
@@ -139,3 +140,27 @@ def test_coarse_elastic_is_smooth_and_bounded():
     assert np.abs(np.diff(dx, axis=1)).max() < 0.5  # smooth field: no tears/folds
     with pytest.raises(ValueError, match="grid"):
         CoarseElastic(grid=1)
+
+
+def test_default_scale_blur_zooms_mask_and_blurs_image_only():
+    """Over many draws the policy changes object size (zoom, mask follows) and blurs some images while their
+    masks stay sharp binary: what distinguishes it from `default`."""
+    from scipy import ndimage
+
+    def object_size(m):                       # median area of the objects (their number changes at the borders)
+        labels, n = ndimage.label(m)
+        return float(np.median(np.bincount(labels.ravel())[1:])) if n else 0.0
+
+    mask = _blobs()
+    image = mask[..., None].astype(np.float32)
+    pipeline = get_policy("default_scale_blur", P, 1, seed=5)
+    areas, blurred = [], 0
+    for _ in range(60):
+        img, m = apply_policy(pipeline, image, mask)
+        assert set(np.unique(m)) <= {0, 1}
+        areas.append(object_size(m))
+        inner = img[..., 0][(img[..., 0] > 0.02) & (img[..., 0] < 0.98)]
+        blurred += inner.size > 0.05 * m.size
+    ratio = np.array(areas) / object_size(mask)
+    assert ratio.min() < 0.8 and ratio.max() > 1.25, ratio   # zoomed out and in, mask with the image
+    assert 3 <= blurred <= 40, blurred                        # some images blurred, not all

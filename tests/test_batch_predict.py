@@ -155,7 +155,8 @@ def test_shards_partition_inputs():
 
 
 def test_instances_of_a_binary_mask_fill_holes_and_drop_small_objects():
-    from cellseg_tf.predict.instances import InstanceParams, as_label_image, labels_from_maps
+    from cellseg_tf.predict.instance_params import InstanceParams
+    from cellseg_tf.predict.instances import as_label_image, labels_from_maps
 
     def instances_from_mask(mask, min_size, connectivity=2):
         params = InstanceParams(min_size=min_size, connectivity=connectivity)

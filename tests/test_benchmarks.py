@@ -204,3 +204,21 @@ def test_bench_real_runs_every_arm_and_reports_the_validation_choice(tmp_path, c
     pairs = {(s["arm"], s["reference"]) for s in saved["significance"]}
     assert pairs == {("defaults", "plain"), ("fast", "plain"), ("fast", "defaults")}
     assert all(s["n"] == 2 and s["wins"] + s["ties"] + s["losses"] == 2 for s in saved["significance"])
+
+
+def test_bench_real_skip_plain_compares_candidates_with_the_defaults_only(tmp_path, capsys):
+    import json
+
+    from cellseg_tf.data.synthetic import make_dataset
+
+    make_dataset(tmp_path / "data" / "tiny", n_images=5, shape=(64, 64), splits=(2, 1, 2), seed=0)
+    tiny = ["--set", "patch_size=32", "--set", "batch_size=2", "--set", "steps_per_epoch=2",
+            "--set", "model_options={base_filters: 4, depth: 2}"]
+    out = tmp_path / "out"
+    assert _load("bench_real").main(["--minutes", "0.02", "--sets", "tiny", "--data", str(tmp_path / "data"),
+                                     "--out", str(out), "--skip-plain",
+                                     "--candidate", "zoom:augmentation=default_scale_blur"] + tiny) == 0
+    saved = json.loads((out / "results.json").read_text())
+    assert [r["arm"] for r in saved["results"]] == ["defaults", "zoom"]
+    assert {(s["arm"], s["reference"]) for s in saved["significance"]} == {("zoom", "defaults")}
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("picked=")

@@ -4,9 +4,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cellseg_tf.predict.instances import (InstanceParams, as_label_image, is_label_image, label_components,
-                                          label_image_dtype, labels_from_maps, load_instance_params,
-                                          run_instance_params, save_instance_params)
+from cellseg_tf.predict.instance_params import (InstanceParams, load_instance_params, run_instance_params,
+                                                save_instance_params)
+from cellseg_tf.predict.instances import (as_label_image, is_label_image, label_components, label_image_dtype,
+                                          labels_from_maps)
 from cellseg_tf.predict.matching import (MAP_THRESHOLDS, instance_metrics, instance_scores, iou_matrix, match_ious,
                                          mean_average_precision)
 
@@ -430,7 +431,7 @@ def test_small_fraction_fragments_join_their_longest_neighbour_or_go():
 
 
 def test_new_instance_params_validate_and_round_trip(tmp_path):
-    from cellseg_tf.predict.instances import save_instance_params
+    from cellseg_tf.predict.instance_params import save_instance_params
 
     with pytest.raises(ValueError, match="merge_threshold"):
         InstanceParams(merge_threshold=1.5)
@@ -445,7 +446,8 @@ def test_seed_h_splits_one_core_region_with_two_peaks_by_their_depth(tmp_path):
     sees two, seed_h above the lower peak's dip one; contour maps (1 - score) agree; the param round-trips."""
     from scipy import ndimage
 
-    from cellseg_tf.predict.instances import core_peaks, save_instance_params
+    from cellseg_tf.predict.instance_params import save_instance_params
+    from cellseg_tf.predict.instances import core_peaks
 
     cell = _two_peak_cell()
     low = InstanceParams(seed_threshold=0.3, min_size=0)

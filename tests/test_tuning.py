@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 from scipy import ndimage
 
-from cellseg_tf.predict.instances import InstanceParams, labels_from_maps, load_instance_params, mask_labels, run_tta
+from cellseg_tf.predict.instance_params import InstanceParams, load_instance_params, run_tta
+from cellseg_tf.predict.instances import labels_from_maps, mask_labels
 from cellseg_tf.predict.matching import instance_scores
 from cellseg_tf.predict.tuning import GRID_COLUMNS, default_grid, tune_instances, write_tuning
 
@@ -95,7 +96,7 @@ def test_tune_run_uses_the_validation_split_and_writes_the_run_files(tmp_path):
     """A pass-through distance model (see test_instances) on a run folder: val images only, files written."""
     from cellseg_tf.data.io import write_png, write_tiff
     from cellseg_tf.data.manifest import write_manifest
-    from cellseg_tf.predict.instances import run_instance_params, run_tta
+    from cellseg_tf.predict.instance_params import run_instance_params, run_tta
     from cellseg_tf.predict.tuning import tune_run, validation_samples
     from cellseg_tf.training.config import TrainConfig
     from tests.test_instances import _cell_field, _maps_model
@@ -137,7 +138,7 @@ def test_tune_run_uses_the_validation_split_and_writes_the_run_files(tmp_path):
 def test_prediction_tta_auto_follows_the_runs_validated_choice(tmp_path):
     """PredictOptions(tta="auto") -> the `tta` the run's tuning saved; explicit modes win; no run file -> none."""
     from cellseg_tf.predict.inference import Predictor
-    from cellseg_tf.predict.instances import save_instance_params
+    from cellseg_tf.predict.instance_params import save_instance_params
     from cellseg_tf.predict.options import PredictOptions
     from tests.test_instances import _maps_model
 

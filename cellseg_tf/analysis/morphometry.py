@@ -16,7 +16,8 @@ from typing import Sequence
 import numpy as np
 
 from ..predict.options import output_paths
-from ..predict.instances import InstanceParams, labels_from_maps
+from ..predict.instance_params import InstanceParams
+from ..predict.instances import labels_from_maps
 from ..data.io import ImageReadError, read_mask, read_raw, write_text_atomic
 from ..common.visualize import plot_histograms
 

@@ -9,7 +9,8 @@ non-square input), so the same policy serves random training patches and whole-i
 (`cellseg_tf.expand`). `patch_size` only scales magnitudes (elastic
 displacement, shift in px).
 
-Policies: `none`, `flips`, `default` (training default: dihedral + mild elastic + mild photometric), `unet_classic`
+Policies: `none`, `flips`, `default` (training default: dihedral + mild elastic + mild photometric),
+`default_scale_blur` (default + zoom, defocus blur, noise: a bench_real candidate, not measured yet), `unet_classic`
 (Henrion et al. 2025), `brightfield_2stage` (Das et al. 2025 §3.3.2). Add one with `@register_policy("name")`.
 """
 from __future__ import annotations
@@ -126,6 +127,20 @@ def _default(patch_size: int, channels: int) -> A.Compose:
                            mask_interpolation=cv2.INTER_NEAREST, border_mode=cv2.BORDER_REFLECT_101, p=0.3),
         A.RandomBrightnessContrast(brightness_limit=0.1, contrast_limit=0.15, p=0.5),
         A.RandomGamma(gamma_limit=(80, 125), p=0.3),
+    ])
+
+
+@register_policy("default_scale_blur")
+def _default_scale_blur(patch_size: int, channels: int) -> A.Compose:
+    """`default` plus the optics a new microscope brings: zoom (objects 0.75–1.33× their size), defocus blur and
+    sensor noise, each on a share of the patches. The mask follows the zoom (nearest); blur and noise leave it
+    alone, so the network learns that a blurred edge is still where the annotation puts it."""
+    return A.Compose(_default(patch_size, channels).transforms + [
+        A.Affine(scale=(0.75, 1.33), keep_ratio=True, interpolation=cv2.INTER_LINEAR, mask_interpolation=NEAREST,
+                 border_mode=cv2.BORDER_REFLECT_101, p=0.4),
+        A.OneOf([A.GaussianBlur(sigma_limit=(0.5, 1.5), blur_limit=0, p=1.0),
+                 A.Defocus(radius=(1, 2), alias_blur=(0.1, 0.2), p=1.0)], p=0.25),
+        A.GaussNoise(std_range=(0.01, 0.05), p=0.2),
     ])
 
 

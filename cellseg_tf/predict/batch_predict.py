@@ -40,7 +40,8 @@ from ..data.manifest import output_stem, split_frame
 from ..data.tiff import TiffRowWriter, write_tiff
 from .ensemble import decision_threshold
 from .inference import Predictor
-from .instances import InstanceParams, as_label_image, labels_from_maps, run_instance_params
+from .instance_params import InstanceParams, run_instance_params
+from .instances import as_label_image, labels_from_maps
 from .options import TTA_MODES, BatchOptions, check_shard, output_paths
 
 TIMING_HEADER = ["image", "height", "width", "read_s", "predict_s", "write_s", "tiles", "models", "tta_copies",

@@ -30,7 +30,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .ensemble import binarize, build_tile_fn, member_inputs, member_target, member_weights, normalize_weights
-from .instances import run_tta
+from .instance_params import run_tta
 from .options import TTA_AUTO, TTA_MODES, PredictOptions, run_normalization
 from ..data.io import read_image, to_channels
 from ..data.manifest import split_frame

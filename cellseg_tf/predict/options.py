@@ -51,7 +51,7 @@ class PredictOptions:
     tiling: "overlap" (blended overlapping tiles) | "grid" (non-overlapping patchify grid).
     vote: "soft" (weighted mean probability > threshold) | "hard" (strict weighted majority of binarised models,
     each at its `model_thresholds` entry, default `threshold`). tta: "none" | "flip" | "d4" | "auto" (what the
-    models' validation chose when their run was tuned, `instances.run_tta`: d4 when it scored better there; else
+    models' validation chose when their run was tuned, `instance_params.run_tta`: d4 when it scored better there; else
     none; `Predictor.from_files` resolves it).
     group_weights / model_weights: vote weight of the `z_` and standard groups × per-model weights (`from_files`).
     norm_low / norm_high: normalisation percentiles (None: the models' run config, else 2 / 98).
@@ -102,7 +102,7 @@ class BatchOptions(PredictOptions):
 
     save_prob: None | "npy" | "tiff" (also write the float32 vote map, channel 0 of instance-target maps);
     instances: also write instance labels (`instances.labels_from_maps` on the ensemble's maps) with the
-    post-processing saved beside the models (RUN/instances.yaml, else `instances.InstanceParams()` defaults);
+    post-processing saved beside the models (RUN/instances.yaml, else `instance_params.InstanceParams()` defaults);
     min_size / fg_threshold / seed_threshold / seed_h / merge_threshold / small_fraction, when not None, override those
     values. The run-control fields (`RUN_CONTROL`: overwrite, shard, progress,
     flush_every_s) change how the job runs, not what it writes, and are left out of `predict_config.yaml`.

@@ -14,7 +14,7 @@ validated on), each image also shrunk to 0.7× (`VAL_SCALES`: the same kind of i
 smaller, denser cells, and the chosen post-processing has to hold there too; measured on the real sets, see
 docs/PREDICTION.md "Cells"), the run's best.keras, RUN/instances.yaml (best params, with the score under `tuning:`) and
 RUN/instances_grid.csv (every grid point), both written atomically. Prediction reads RUN/instances.yaml beside the
-checkpoint (`instances.run_instance_params`).
+checkpoint (`instance_params.run_instance_params`).
 """
 from __future__ import annotations
 
@@ -28,8 +28,8 @@ from typing import Sequence
 
 import numpy as np
 
-from .instances import (InstanceParams, LABELLERS, core_peaks, core_score, mask_labels, refinements,
-                        save_instance_params)
+from .instance_params import InstanceParams, save_instance_params
+from .instances import LABELLERS, core_peaks, core_score, mask_labels, refinements
 from .matching import consecutive_labels, iou_matrix, match_ious
 from ..common.files import write_text_atomic
 from .options import TTA_AUTO, PredictOptions
