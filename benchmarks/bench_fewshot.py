@@ -15,6 +15,10 @@ seconds. Rows go to OUT/results.csv, the table to OUT/summary.csv; the last line
 of full training on >= 3 sets, each adaptation <= 60 s, BFGS never below logistic, both above reference (a)).
 
     python benchmarks/bench_fewshot.py [--minutes 12] [--targets isbi2012_em,...] [--quick] [--out runs/bench_fewshot]
+                                       [--resume]
+
+--resume goes on with an interrupted run in --out (its extractors, full-training references and finished draws are
+kept); K is run in the order given by --shots (e.g. 5,1,3,10 measures the goal's K first).
 
 --quick: K in {1, 3}, 2 draws, 64 px patches (with a small --minutes, a smoke test of the whole pipeline whose
 numbers mean nothing).
@@ -126,6 +130,9 @@ def main(argv=None) -> int:
     ap.add_argument("--batch-size", type=int, help="training batch (default 8; --quick: 4)")
     ap.add_argument("--max-pixels", type=int, help="adaptation pixel cap (default: the package's)")
     ap.add_argument("--skip-scratch", action="store_true", help="leave out reference (a)")
+    ap.add_argument("--resume", action="store_true",
+                    help="go on with an interrupted run in --out: its extractors, full-training references and "
+                         "finished draws (OUT/results.csv) are kept, the rest is run")
     ap.add_argument("--quick", action="store_true", help="smoke test: K 1,3, 2 draws, 64 px patches")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
@@ -150,6 +157,15 @@ def main(argv=None) -> int:
     t_start = time.perf_counter()
     extractors: dict[str, Path] = {}
     results, skipped = [], []
+    if args.resume:
+        extractors = {p.parent.name: p for p in sorted((out / "extractors").glob("*/best.keras"))
+                      if p.parent.name in sets}
+        if (out / "results.csv").is_file():
+            results = pd.read_csv(out / "results.csv").to_dict("records")
+        print(f"resuming {out}: extractors {', '.join(extractors) or 'none'}, {len(results)} result rows",
+              flush=True)
+    done = {(r["target"], int(r["shots"]), int(r["draw"])) for r in results if r["method"] == "bfgs"}
+    full_done = {r["target"]: r for r in results if r["method"] == "full"}
     for target in targets:
         train_rows, test = select(samples[target], "train"), [s for s in select(samples[target], "test") if s.mask]
         if not train_rows or not test:
@@ -162,13 +178,20 @@ def main(argv=None) -> int:
                                                  ext_minutes * 60, args, samples[source], **ext_options)
                 print(f"extractor {args.extractor_model} on {source}: {time.perf_counter() - t:.0f} s", flush=True)
         sources = [str(extractors[s]) for s in sets if s != target]
-        full = train_model(sets[target], out / "full" / target, "unet", args.minutes * 60, args, samples[target])
-        results.append({"target": target, "shots": len(train_rows), "draw": -1, "seed": -1, "method": "full",
-                        "dice": test_dice(full, test, out / "pred" / target / "full"),
-                        "seconds": args.minutes * 60})
-        print(f"{target}: full training {results[-1]['dice']:.4f}", flush=True)
+        if target in full_done:
+            print(f"{target}: full training {full_done[target]['dice']:.4f} (kept from the interrupted run)")
+        else:
+            full = train_model(sets[target], out / "full" / target, "unet", args.minutes * 60, args,
+                               samples[target])
+            results.append({"target": target, "shots": len(train_rows), "draw": -1, "seed": -1, "method": "full",
+                            "dice": test_dice(full, test, out / "pred" / target / "full"),
+                            "seconds": args.minutes * 60})
+            print(f"{target}: full training {results[-1]['dice']:.4f}", flush=True)
+            write_text_atomic(out / "results.csv", pd.DataFrame(results).to_csv(index=False))
         for k in [k for k in shots if k <= len(train_rows)]:
             for draw in range(args.draws):
+                if (target, k, draw) in done:
+                    continue
                 seed = args.seed + draw
                 tag = f"k{k}_s{seed}"
                 config = AdaptConfig(extractors=sources, support=str(sets[target]), shots=k, seed=seed,

@@ -134,6 +134,19 @@ def test_bench_fewshot_leaves_one_dataset_out_and_prints_the_goals(tmp_path, cap
     assert set(results.target) == {"set_a", "set_b"}
     assert set(results.method) == {"full", "logistic", "bfgs", "scratch"} and results.dice.between(0, 1).all()
 
+    # --resume keeps the extractors, the full-training references and the finished draws; runs only what is new
+    extractors = sorted((tmp_path / "out" / "extractors").glob("*/best.keras"))
+    stamps = [p.stat().st_mtime_ns for p in extractors]
+    assert _load("bench_fewshot").main(["--data", str(tmp_path / "data"), "--out", str(tmp_path / "out"), "--quick",
+                                        "--minutes", "0.02", "--shots", "2,1", "--draws", "1",
+                                        "--extractor-depth", "3", "--skip-scratch", "--resume"]) == 0
+    assert [p.stat().st_mtime_ns for p in extractors] == stamps
+    resumed = pd.read_csv(tmp_path / "out" / "results.csv")
+    key = ["target", "shots", "draw", "method"]
+    pd.testing.assert_frame_equal(resumed.iloc[:len(results)].reset_index(drop=True), results)  # kept as they were
+    new = resumed.iloc[len(results):]
+    assert set(new.shots) == {2} and set(new.method) == {"logistic", "bfgs"} and not resumed.duplicated(key).any()
+
 
 # ---------------------------------------------------------------------------------------- bench_real
 def test_bench_real_picks_on_validation_and_ignores_the_test_split():
