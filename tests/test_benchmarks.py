@@ -180,21 +180,25 @@ def test_bench_real_candidate_keeps_commas_inside_yaml_values():
             parse(bad)
 
 
+def _tiny_real_sets(tmp_path) -> list[str]:
+    """A 5-image synthetic set `tiny` under tmp_path/data and the bench_real arguments that run it in seconds."""
+    from cellseg_tf.data.synthetic import make_dataset
+
+    make_dataset(tmp_path / "data" / "tiny", n_images=5, shape=(64, 64), splits=(2, 1, 2), seed=0)
+    return ["--sets", "tiny", "--data", str(tmp_path / "data"), "--set", "patch_size=32", "--set", "batch_size=2",
+            "--set", "steps_per_epoch=2", "--set", "model_options={base_filters: 4, depth: 2}"]
+
+
 def test_bench_real_runs_every_arm_and_reports_the_validation_choice(tmp_path, capsys):
     import json
     import math
 
     import pandas as pd
 
-    from cellseg_tf.data.synthetic import make_dataset
-
-    make_dataset(tmp_path / "data" / "tiny", n_images=5, shape=(64, 64), splits=(2, 1, 2), seed=0)
-    tiny = ["--set", "patch_size=32", "--set", "batch_size=2", "--set", "steps_per_epoch=2",
-            "--set", "model_options={base_filters: 4, depth: 2}"]
     out = tmp_path / "out"
-    assert _load("bench_real").main(["--minutes", "0.03", "--sets", "tiny", "--data", str(tmp_path / "data"),
-                                     "--out", str(out), "--candidate", "fast:learning_rate=3e-3,schedule=constant"]
-                                    + tiny) == 0
+    assert _load("bench_real").main(["--minutes", "0.03", "--out", str(out),
+                                     "--candidate", "fast:learning_rate=3e-3,schedule=constant"]
+                                    + _tiny_real_sets(tmp_path)) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     saved = json.loads((out / "results.json").read_text())
     rows = {r["arm"]: r for r in saved["results"]}
@@ -222,15 +226,10 @@ def test_bench_real_runs_every_arm_and_reports_the_validation_choice(tmp_path, c
 def test_bench_real_skip_plain_compares_candidates_with_the_defaults_only(tmp_path, capsys):
     import json
 
-    from cellseg_tf.data.synthetic import make_dataset
-
-    make_dataset(tmp_path / "data" / "tiny", n_images=5, shape=(64, 64), splits=(2, 1, 2), seed=0)
-    tiny = ["--set", "patch_size=32", "--set", "batch_size=2", "--set", "steps_per_epoch=2",
-            "--set", "model_options={base_filters: 4, depth: 2}"]
     out = tmp_path / "out"
-    assert _load("bench_real").main(["--minutes", "0.02", "--sets", "tiny", "--data", str(tmp_path / "data"),
-                                     "--out", str(out), "--skip-plain",
-                                     "--candidate", "zoom:augmentation=default_scale_blur"] + tiny) == 0
+    assert _load("bench_real").main(["--minutes", "0.02", "--out", str(out), "--skip-plain",
+                                     "--candidate", "zoom:augmentation=default_scale_blur"]
+                                    + _tiny_real_sets(tmp_path)) == 0
     saved = json.loads((out / "results.json").read_text())
     assert [r["arm"] for r in saved["results"]] == ["defaults", "zoom"]
     assert {(s["arm"], s["reference"]) for s in saved["significance"]} == {("zoom", "defaults")}
