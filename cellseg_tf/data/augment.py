@@ -10,7 +10,7 @@ non-square input), so the same policy serves random training patches and whole-i
 displacement, shift in px).
 
 Policies: `none`, `flips`, `default` (training default: dihedral + mild elastic + mild photometric),
-`default_scale_blur` (default + zoom, defocus blur, noise: a bench_real candidate, not measured yet), `unet_classic`
+`default_scale_blur` (default + zoom, defocus blur, noise: a bench_real candidate, not picked), `unet_classic`
 (Henrion et al. 2025), `brightfield_2stage` (Das et al. 2025 §3.3.2). Add one with `@register_policy("name")`.
 """
 from __future__ import annotations
