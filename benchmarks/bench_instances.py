@@ -24,7 +24,9 @@ Last lines: a table, then one `set=<s> arm=<a> f1=<v> precision=<v> recall=<v> m
 
 Usage: python benchmarks/bench_instances.py --minutes M [--sets dsb2018_fluo,usiigaci_phase,stardist_dsb_sample]
        [--arms binary,contour,distance,stardist] [--stardist-x4] [--out runs/bench_instances] [--data DIR]
-       [--set KEY=VALUE ...]
+       [--set KEY=VALUE ...] [--reuse]
+--reuse: arms already trained in --out by an earlier run are re-tuned and re-scored instead of trained again (a
+post-processing change measured on the same models; patches and train seconds are the earlier run's).
 """
 from __future__ import annotations
 
@@ -156,16 +158,9 @@ def _batch_counter():
 
 def run_package_arm(kind: str, splits: Splits, minutes: float, out: Path, overrides: list[str] | None = None,
                     seed: int = 0) -> ArmResult:
-    """Train with TrainConfig(target=kind) for `minutes`, tune InstanceParams on val (not for binary), predict the
-    test images with the Predictor + `labels_from_maps` (OUT/labels/<stem>.tif, scored) and the val images
-    (OUT/labels_val/, their pooled F1 is `val_f1`)."""
+    """Train with TrainConfig(target=kind) for `minutes`, then `tune_and_score`."""
     import keras
 
-    from cellseg_tf.models import target_kind
-    from cellseg_tf.predict.inference import Predictor
-    from cellseg_tf.predict.instance_params import run_instance_params
-    from cellseg_tf.predict.instances import as_label_image, labels_from_maps
-    from cellseg_tf.predict.tuning import tune_run
     from cellseg_tf.training.config import TrainConfig
     from cellseg_tf.training.engine import train
 
@@ -178,14 +173,39 @@ def run_package_arm(kind: str, splits: Splits, minutes: float, out: Path, overri
     result = train(config, callbacks=[counter])
     res = ArmResult(splits.name, kind, patches=counter.batches * config.batch_size,
                     train_s=time.perf_counter() - t0)
+    return tune_and_score(res, splits, Path(result.best_model), out)
+
+
+def reuse_package_arm(kind: str, splits: Splits, out: Path, previous: dict | None) -> ArmResult:
+    """An arm trained by an earlier run into `out` (OUT/<set>/<arm>/run/best.keras): not trained again, only
+    re-tuned and re-scored by `tune_and_score` (a change of post-processing measured on the same models); patches
+    and train_s come from the earlier run's results.json row when there is one."""
+    best = out / "run" / "best.keras"
+    res = ArmResult(splits.name, kind, patches=int((previous or {}).get("patches", 0)),
+                    train_s=float((previous or {}).get("train_s", float("nan"))))
+    res = tune_and_score(res, splits, best, out)
+    res.note = f"reused model; {res.note}"
+    return res
+
+
+def tune_and_score(res: ArmResult, splits: Splits, best_model: Path, out: Path) -> ArmResult:
+    """Tune InstanceParams on val (not for binary), predict the test images with the Predictor + `labels_from_maps`
+    (OUT/labels/<stem>.tif, scored) and the val images (OUT/labels_val/, their pooled F1 is `val_f1`)."""
+    from cellseg_tf.models import target_kind
+    from cellseg_tf.predict.inference import Predictor
+    from cellseg_tf.predict.instance_params import run_instance_params
+    from cellseg_tf.predict.instances import as_label_image, labels_from_maps
+    from cellseg_tf.predict.tuning import tune_run
+
+    kind = res.arm
     if kind != "binary":
         t0 = time.perf_counter()
-        tune_run(result.run_dir, model=result.best_model, progress=False)
+        tune_run(best_model.parent, model=best_model, progress=False)
         res.tune_s = time.perf_counter() - t0
-    predictor = Predictor.from_files([result.best_model])
+    predictor = Predictor.from_files([best_model])
     saved_kind = target_kind(predictor.models[0])
     notes = [f"trained as {saved_kind}"] if saved_kind != kind else []
-    params = run_instance_params([result.best_model])
+    params = run_instance_params([best_model])
     notes.append(f"tta={predictor.options.tta}")       # tta "auto": the run's validated choice
     if kind != "binary":
         notes.append(" ".join(f"{k}={v}" for k, v in params.to_dict().items()))
@@ -241,6 +261,11 @@ def run_stardist_arm(arm: str, splits: Splits, minutes: float, out: Path, seed: 
         tail = log.read_text(errors="replace").strip().splitlines()[-5:]
         print(f"[{splits.name}] {arm} failed (exit {rc}); the end of {log}:\n  " + "\n  ".join(tail), flush=True)
         return ArmResult(splits.name, arm, note=f"failed (exit {rc}, see {log})")
+    return score_stardist_arm(arm, splits, out)
+
+
+def score_stardist_arm(arm: str, splits: Splits, out: Path) -> ArmResult:
+    """Score the label TIFFs a StarDist arm wrote (OUT/stardist.json lists them) with the package's evaluation."""
     info = json.loads((out / "stardist.json").read_text())
     res = ArmResult(splits.name, arm, patches=int(info["patches_seen"]), train_s=float(info["train_seconds"]),
                     tune_s=float(info["tune_seconds"]), predict_s=float(info["predict_seconds"]),
@@ -314,6 +339,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data"), help="folder of the data set folders")
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench_instances"))
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--reuse", action="store_true",
+                    help="arms an earlier run already trained in --out are not trained again: package arms are "
+                         "re-tuned on validation and re-scored (post-processing changes on the same models), "
+                         "StarDist arms re-scored")
     ap.add_argument("--set", action="append", metavar="KEY=VALUE",
                     help="override a TrainConfig default for the package arms, e.g. --set patch_size=256")
     args = ap.parse_args(argv)
@@ -340,6 +369,9 @@ def main(argv: list[str] | None = None) -> int:
             use_stardist = False
     stardist_arms = [("stardist", args.minutes)] + ([("stardist_x4", 4 * args.minutes)] if args.stardist_x4 else [])
 
+    previous = {}
+    if args.reuse and (out / "results.json").is_file():
+        previous = {(r["set"], r["arm"]): r for r in json.loads((out / "results.json").read_text())["results"]}
     results: list[ArmResult] = []
     split_info: dict[str, dict] = {}
     for name in sets:
@@ -359,11 +391,18 @@ def main(argv: list[str] | None = None) -> int:
                   "not a generalisation score", flush=True)
         for arm in arms:
             if arm in PACKAGE_ARMS:
-                results.append(run_package_arm(arm, splits, args.minutes, out / name / arm, args.set, args.seed))
+                if args.reuse and (out / name / arm / "run" / "best.keras").is_file():
+                    results.append(reuse_package_arm(arm, splits, out / name / arm, previous.get((name, arm))))
+                else:
+                    results.append(run_package_arm(arm, splits, args.minutes, out / name / arm, args.set, args.seed))
                 print(arm_line(results[-1]), flush=True)
         if use_stardist:
             for arm, minutes in stardist_arms:
-                results.append(run_stardist_arm(arm, splits, minutes, out / name / arm, args.seed))
+                if args.reuse and (out / name / arm / "stardist.json").is_file():
+                    results.append(score_stardist_arm(arm, splits, out / name / arm))
+                    results[-1].note = "reused; " + results[-1].note
+                else:
+                    results.append(run_stardist_arm(arm, splits, minutes, out / name / arm, args.seed))
                 print(arm_line(results[-1]), flush=True)
 
     report = [r.row() for r in results]

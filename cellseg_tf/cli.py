@@ -69,13 +69,14 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _tune(run, verbose: int = 1) -> None:
+def _tune(run, verbose: int = 1, objective: str | None = None) -> None:
     """Grid-search the cell post-processing on RUN's validation images; writes RUN/instances.yaml (+ grid CSV)."""
-    from .predict.tuning import tune_run
+    from .predict.tuning import DEFAULT_OBJECTIVE, tune_run
 
-    result = tune_run(run, progress=bool(verbose))
+    result = tune_run(run, progress=bool(verbose), objective=objective or DEFAULT_OBJECTIVE)
     p = result.params
-    print(f"instances={Path(run) / 'instances.yaml'} val_instance_f1={result.f1:.4f} n_val={result.n_images} "
+    print(f"instances={Path(run) / 'instances.yaml'} val_instance_f1={result.f1:.4f} val_pq={result.pq:.4f} "
+          f"objective={result.objective} n_val={result.n_images} "
           f"fg_threshold={p.fg_threshold} seed_threshold={p.seed_threshold} seed_h={p.seed_h} "
           f"merge_threshold={p.merge_threshold} "
           f"small_fraction={p.small_fraction} min_size={p.min_size} tta={result.tta}")
@@ -83,7 +84,7 @@ def _tune(run, verbose: int = 1) -> None:
 
 def cmd_tune(args) -> int:
     _quiet_tf()
-    _tune(args.run, verbose=0 if args.quiet else 1)
+    _tune(args.run, verbose=0 if args.quiet else 1, objective=args.objective)
     return 0
 
 

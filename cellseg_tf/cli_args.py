@@ -75,6 +75,10 @@ def build_parser(handlers: Mapping[str, Callable[[argparse.Namespace], int]] | N
 
     p = sub.add_parser("tune", help="tune a run's cell post-processing on its validation images -> instances.yaml")
     p.add_argument("run", help="a training run folder (best.keras, config.yaml)")
+    from .predict.tuning import DEFAULT_OBJECTIVE, OBJECTIVES
+
+    p.add_argument("--objective", choices=tuple(OBJECTIVES), default=DEFAULT_OBJECTIVE,
+                   help="rank the grid by panoptic quality (F1@0.5 x mean matched IoU; default) or F1@0.5 alone")
     add_quiet(p)
 
     p = sub.add_parser("cv", help="k-fold cross-validation: one run per fold + summary.csv + models.txt")

@@ -116,6 +116,19 @@ def test_bench_instances_runs_package_arms_end_to_end(tmp_path, capsys):
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
     assert [r["arm"] for r in saved["results"]] == ["binary", "distance"]
 
+    # --reuse: the trained models are kept (not trained again), re-tuned and re-scored; patches from the first run
+    model = tmp_path / "out" / "tiny" / "distance" / "run" / "best.keras"
+    stamp = model.stat().st_mtime_ns
+    assert bench.main(["--minutes", "0.05", "--sets", "tiny", "--arms", "binary,distance", "--data",
+                       str(tmp_path / "data"), "--out", str(tmp_path / "out"), "--reuse"] + tiny) == 0
+    again = [dict(kv.split("=", 1) for kv in line.split())
+             for line in capsys.readouterr().out.strip().splitlines()[-2:]]
+    assert model.stat().st_mtime_ns == stamp
+    assert [r["patches"] for r in again] == [r["patches"] for r in rows]
+    assert [r["f1"] for r in again] == [r["f1"] for r in rows]         # same models, same tuning, same scores
+    notes = [r["note"] for r in json.loads((tmp_path / "out" / "results.json").read_text())["results"]]
+    assert all(n.startswith("reused model") for n in notes)
+
 
 @pytest.mark.slow
 def test_bench_fewshot_leaves_one_dataset_out_and_prints_the_goals(tmp_path, capsys):

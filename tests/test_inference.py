@@ -198,7 +198,9 @@ def test_normalisation_percentiles_come_from_the_run_config(tmp_path):
     pred = Predictor.from_files([runs["a"] / "best.keras", loose])
     assert pred.options.normalization() == (1.0, 99.5)
     forced = Predictor.from_files([runs["c"] / "best.keras"], PredictOptions(norm_low=2.0))
-    assert forced.options.normalization() == (2.0, 98.0)
+    from cellseg_tf.data.preprocessing import NORM_HIGH
+
+    assert forced.options.normalization() == (2.0, NORM_HIGH)        # the other end: the package default
     (runs["c"] / "config.yaml").write_text("norm_low: 1.0\nnot_a_field: 3\n")
     with pytest.raises(ValueError, match=r"c/config.yaml: cannot read the run config.*not_a_field"):
         run_normalization([runs["c"] / "best.keras"])

@@ -9,7 +9,7 @@ from scipy import ndimage
 from cellseg_tf.predict.instance_params import InstanceParams, load_instance_params, run_tta
 from cellseg_tf.predict.instances import labels_from_maps, mask_labels
 from cellseg_tf.predict.matching import instance_scores
-from cellseg_tf.predict.tuning import GRID_COLUMNS, default_grid, tune_instances, write_tuning
+from cellseg_tf.predict.tuning import GRID_COLUMNS, default_grid, panoptic_quality, tune_instances, write_tuning
 
 
 def _cells(seed: int, size: int = 72, n: int = 7):
@@ -46,17 +46,49 @@ def test_grid_scores_equal_direct_labelling_and_scoring():
         scores = [instance_scores(t, labels_from_maps(m, "distance", params)) for t, m in zip(truths, maps)]
         assert (row.tp, row.fp, row.fn) == (sum(s.tp for s in scores), sum(s.fp for s in scores),
                                             sum(s.fn for s in scores)), row.to_dict()
-    assert result.f1 == result.grid.f1.max()
+        summed_iou = sum(s.tp * s.mean_matched_iou for s in scores)
+        assert row.sum_matched_iou == pytest.approx(summed_iou)
+        assert row.pq == pytest.approx(summed_iou / (row.tp + 0.5 * row.fp + 0.5 * row.fn))
+    assert result.objective == "pq" and result.pq == result.grid.pq.max() == result.score
     best = result.grid.iloc[0]
     assert (result.params.fg_threshold, result.params.seed_threshold, result.params.seed_h, result.params.min_size,
             result.params.merge_threshold, result.params.small_fraction) == \
         (best.fg_threshold, best.seed_threshold, best.seed_h, best.min_size, best.merge_threshold,
          best.small_fraction)
-    # the defaults are a grid point, so the search finds something at least as good
+    # the defaults are a grid point, so the search finds something at least as good, by either objective
+    by_f1 = tune_instances(maps, truths, "distance", grid, objective="f1")
+    assert by_f1.f1 == by_f1.grid.f1.max() == by_f1.score and by_f1.grid.pq.max() == result.pq
     default = [instance_scores(t, labels_from_maps(m, "distance")) for t, m in zip(truths, maps)]
     tp = sum(s.tp for s in default)
-    default_f1 = 2 * tp / (2 * tp + sum(s.fp + s.fn for s in default))
-    assert result.f1 >= default_f1
+    fp, fn = sum(s.fp for s in default), sum(s.fn for s in default)
+    assert by_f1.f1 >= 2 * tp / (2 * tp + fp + fn)
+    assert result.pq >= panoptic_quality(tp, fp, fn, sum(s.tp * s.mean_matched_iou for s in default))
+
+
+def test_pq_objective_prefers_fitting_outlines_where_f1_prefers_one_more_cell():
+    """Six cells with a faint 2-px halo and one faint cell: fg 0.5 finds all seven but every haloed outline is
+    too big (IoU 0.64); fg 0.6 misses the faint cell and fits the six exactly. F1@0.5 takes 0.5, PQ takes 0.6."""
+    size = 120
+    yy, xx = np.mgrid[:size, :size]
+    truth = np.zeros((size, size), np.int32)
+    prob = np.zeros((size, size), np.float32)
+    centres = [(20, 20), (20, 60), (20, 100), (60, 20), (60, 60), (60, 100), (100, 60)]
+    for i, (cy, cx) in enumerate(centres, start=1):
+        r2 = (yy - cy) ** 2 + (xx - cx) ** 2
+        truth[r2 < 64] = i
+        if i < len(centres):
+            prob[r2 < 100] = 0.55                      # halo ring, 2 px wide
+            prob[r2 < 64] = 0.9
+        else:
+            prob[r2 < 64] = 0.55                       # the faint cell
+    grid = {"fg_threshold": (0.5, 0.6), "small_fraction": (0.0,), "min_size": (0,)}
+    by_f1 = tune_instances([prob], [truth], "binary", grid, objective="f1")
+    by_pq = tune_instances([prob], [truth], "binary", grid, objective="pq")
+    assert by_f1.params.fg_threshold == 0.5 and by_f1.f1 == 1.0
+    assert by_pq.params.fg_threshold == 0.6 and by_pq.f1 == pytest.approx(12 / 13)
+    assert by_pq.pq == pytest.approx(12 / 13) and by_f1.pq < 0.75
+    with pytest.raises(ValueError, match="unknown tuning objective"):
+        tune_instances([prob], [truth], "binary", grid, objective="dice")
 
 
 def test_binary_grid_has_no_seed_axis_and_min_size_removes_noise():
@@ -80,6 +112,7 @@ def test_write_tuning_files(tmp_path):
     import yaml
     info = yaml.safe_load(yaml_path.read_text())["tuning"]
     assert info["kind"] == "distance" and info["val_f1"] == pytest.approx(result.f1) and info["val_images"] == 1
+    assert info["objective"] == "pq" and info["val_pq"] == pytest.approx(result.pq)
     pd.testing.assert_frame_equal(pd.read_csv(grid_path), result.grid, check_dtype=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["instances.yaml", "instances_grid.csv"]  # no temp files
 
@@ -168,6 +201,12 @@ def test_cli_train_on_label_masks_tunes_the_cells(tmp_path, capsys):
     assert "target=distance" in out and "val_instance_f1=" in out
     assert load_instance_params(run / "instances.yaml") is not None
     assert (run / "instances_grid.csv").is_file()
+    import yaml
+
+    assert yaml.safe_load((run / "instances.yaml").read_text())["tuning"]["objective"] == "pq"
+    main(["tune", str(run), "--objective", "f1", "--quiet"])
+    assert "objective=f1" in capsys.readouterr().out
+    assert yaml.safe_load((run / "instances.yaml").read_text())["tuning"]["objective"] == "f1"
 
     main(["train", "--manifest", str(manifest), "--out", str(tmp_path / "run2"), "--epochs", "1",
           "--steps-per-epoch", "1", "--patch-size", "64", "--batch-size", "2", "--verbose", "0", "--no-tune"])

@@ -26,7 +26,7 @@ import numpy as np
 from .augment import apply_policy, get_policy
 from .io import ImageReadError, LabelValueError, read_image, read_mask
 from .manifest import Sample
-from .preprocessing import pad_to_multiple, percentile_normalize
+from .preprocessing import NORM_HIGH, NORM_LOW, pad_to_multiple, percentile_normalize
 from .sampling import HardMiner, PatchIndex, SMALL_ROI_FRACTION
 from .targets import check_target, derive_target, resolve_target, split_shared_ids, target_channels
 from .tiling import extract_tiles, tile_origins
@@ -42,7 +42,7 @@ class Pair:
     name: str
 
 
-def load_pair(sample: Sample, channels: int = 1, low: float = 2.0, high: float = 98.0,
+def load_pair(sample: Sample, channels: int = 1, low: float = NORM_LOW, high: float = NORM_HIGH,
               mask_threshold: float = 0, check_outlines: bool = True, labels: bool = False) -> Pair:
     """Read, check and normalise one manifest row (mask: pixel > `mask_threshold` is foreground; outline-only masks
     are rejected with a hint unless check_outlines=False). labels=True keeps the mask's instance ids (int32; a
@@ -61,14 +61,14 @@ def load_pair(sample: Sample, channels: int = 1, low: float = 2.0, high: float =
     return Pair(img, msk, sample.stem)
 
 
-def load_pairs(samples: list[Sample], channels: int = 1, low: float = 2.0, high: float = 98.0,
+def load_pairs(samples: list[Sample], channels: int = 1, low: float = NORM_LOW, high: float = NORM_HIGH,
                mask_threshold: float = 0, check_outlines: bool = True) -> list[Pair]:
     """Load + normalise every row once; the arrays are then cached in memory for the whole run."""
     return [load_pair(s, channels, low, high, mask_threshold, check_outlines) for s in samples]
 
 
 def load_training_pairs(train: list[Sample], val: list[Sample], target: str = "auto", channels: int = 1,
-                        low: float = 2.0, high: float = 98.0,
+                        low: float = NORM_LOW, high: float = NORM_HIGH,
                         mask_threshold: float = 0) -> tuple[list[Pair], list[Pair], str]:
     """Load train and val rows for `target` ("auto" | "binary" | "contour" | "distance") -> (train, val, target).
 

@@ -5,9 +5,9 @@ Das et al. 2025 expanded each pair into 21 variants with its two-stage policy be
 normalised image after one draw of a policy (default `brightfield_2stage`), saved as a 16-bit PNG (grey or RGB), and
 its mask as a 0/255 PNG. Variant v of manifest row r is seeded by (seed, r, v), so a rerun rewrites the same files.
 The original pairs are listed too (by their own paths) unless include_original=False. Train on the new manifest
-with augmentation "none" or a light policy. Training normalises every image (2/98 percentiles) on load, variants
-included, so a variant's global brightness/contrast change is largely normalised away, as it would be for a real
-image of that contrast; noise, blur, CLAHE, inversion and geometric changes remain.
+with augmentation "none" or a light policy. Training normalises every image (percentiles, 1 / 99.8 by default) on
+load, variants included, so a variant's global brightness/contrast change is largely normalised away, as it would be
+for a real image of that contrast; noise, blur, CLAHE, inversion and geometric changes remain.
 """
 from __future__ import annotations
 
@@ -20,11 +20,12 @@ from .augment import apply_policy, get_policy
 from .dataset import load_pair
 from .io import ImageReadError, write_png
 from .manifest import _parse_manifest, select, write_manifest
+from .preprocessing import NORM_HIGH, NORM_LOW
 
 
 def expand_dataset(manifest: str | os.PathLike, out_dir: str | os.PathLike, variants: int = 21,
                    policy: str = "brightfield_2stage", seed: int = 0, channels: int = 1, split: str | None = "train",
-                   include_original: bool = True, low: float = 2.0, high: float = 98.0,
+                   include_original: bool = True, low: float = NORM_LOW, high: float = NORM_HIGH,
                    mask_threshold: float = 0, verbose: int = 1) -> tuple[Path, list[tuple[str, str]]]:
     """Expand the `split` rows of `manifest` into out_dir/{images,masks}/<stem>_augVV.png + out_dir/manifest.csv.
 

@@ -15,6 +15,10 @@ from typing import Callable
 
 import numpy as np
 
+#: default normalisation percentiles (training, prediction, few-shot): the darkest 1 % -> 0, the brightest 0.2 % clipped
+#: at 1. Chosen by `benchmarks/bench_real.py` on validation over every real set (README, docs/DATA.md): 2/98 clipped
+#: the inside of bright, sparse nuclei flat, so their outlines were lost.
+NORM_LOW, NORM_HIGH = 1.0, 99.8
 EXACT_PERCENTILE_PX = 1 << 22      # <= 4 MP: exact np.percentile
 SAMPLE_PX = 1 << 22                # float images above the limit: strided sample of about this many pixels
 PASS_BYTES = 64 << 20              # float64-equivalent size of the rows fed to the estimator at a time
@@ -78,7 +82,7 @@ def _check_percentiles(low: float, high: float) -> None:
 
 
 def streamed_intensity_range(read_rows: Callable[[int, int], np.ndarray], shape: tuple[int, int, int], dtype,
-                             low: float = 2.0, high: float = 98.0) -> tuple[np.ndarray, np.ndarray]:
+                             low: float = NORM_LOW, high: float = NORM_HIGH) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel (lo, hi) percentiles, each (C,) float32, of an (H, W, C) image given as a row reader.
 
     read_rows(r0, r1) -> (r1 - r0, W, C) rows in the image's `dtype`; one pass, about PASS_BYTES at a time.
@@ -92,7 +96,7 @@ def streamed_intensity_range(read_rows: Callable[[int, int], np.ndarray], shape:
     return est.result(low, high)
 
 
-def intensity_range(image: np.ndarray, low: float = 2.0, high: float = 98.0) -> tuple[np.ndarray, np.ndarray]:
+def intensity_range(image: np.ndarray, low: float = NORM_LOW, high: float = NORM_HIGH) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel (lo, hi) percentiles of an (H, W, C) image, each (C,) float32; exact up to EXACT_PERCENTILE_PX."""
     _check_percentiles(low, high)
     h, w, _ = image.shape
@@ -110,11 +114,12 @@ def normalize_rows(rows: np.ndarray, lo: np.ndarray, hi: np.ndarray, eps: float 
     return np.clip((np.asarray(rows, np.float32) - lo) / scale, 0.0, 1.0).astype(np.float32)
 
 
-def percentile_normalize(image: np.ndarray, low: float = 2.0, high: float = 98.0, eps: float = 1e-6) -> np.ndarray:
+def percentile_normalize(image: np.ndarray, low: float = NORM_LOW, high: float = NORM_HIGH,
+                         eps: float = 1e-6) -> np.ndarray:
     """Stretch each channel so its `low`/`high` percentiles map to 0/1, clip to [0, 1].
 
     image: (H, W) or (H, W, C) of any numeric dtype (16-bit range is used as is) -> same shape, float32 in [0, 1].
-    Percentiles are taken per image and per channel (by default the darkest/brightest 2 % are clipped), so 8-bit
+    Percentiles are taken per image and per channel (by default `NORM_LOW` / `NORM_HIGH`: 1 / 99.8), so 8-bit
     and 16-bit inputs land on the same scale. Prediction normalises with the same two functions, band by band.
     """
     _check_percentiles(low, high)

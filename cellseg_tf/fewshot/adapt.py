@@ -79,7 +79,7 @@ class AdaptConfig:
 
     def normalization(self, extractor_paths: list[str]) -> tuple[float, float]:
         """(low, high): the config's, else what the extractors carry or their run configs say (they must agree),
-        else 2 / 98."""
+        else the package defaults (`DEFAULT_NORM`)."""
         trained = run_normalization(extractor_paths)
         low = self.norm_low if self.norm_low is not None else (trained or DEFAULT_NORM)[0]
         high = self.norm_high if self.norm_high is not None else (trained or DEFAULT_NORM)[1]

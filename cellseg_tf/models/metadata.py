@@ -45,7 +45,7 @@ def describe(net, /, **info) -> dict:
     every later `net.save` carries it; returns the stored dict. Keys given earlier and not now are kept. A model
     without a TargetHead output is an error.
 
-    describe(model, model="unet", channels=1, norm_low=2.0, norm_high=98.0, mask_threshold=0, patch_size=128,
+    describe(model, model="unet", channels=1, norm_low=1.0, norm_high=99.8, mask_threshold=0, patch_size=128,
              version=cellseg_tf.__version__)
     """
     head = output_head(net)

@@ -112,7 +112,7 @@ class Predictor:
         (`z_` files vs standard, `options.group_weights`) × `options.model_weights`.
 
         Normalisation percentiles not set in `options` come from the models: what each `.keras` file carries, else
-        its run's config.yaml (`run_normalization`), else 2/98.
+        its run's config.yaml (`run_normalization`), else the package defaults (`DEFAULT_NORM`).
         """
         opts = dataclasses.replace(options or PredictOptions()).validate()
         if opts.tta == TTA_AUTO:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..data.manifest import output_stem
+from ..data.preprocessing import NORM_HIGH, NORM_LOW
 from ..models.loading import PRECISIONS
 from ..models.metadata import checkpoint_info
 from ..training.config import TrainConfig
@@ -33,7 +34,7 @@ TTA_MODES: dict[str, list[tuple[int, bool]]] = {
 TTA_AUTO = "auto"   # the TTA the models' validation chose (RUN/instances.yaml), else none
 TTA_CHOICES = (TTA_AUTO, *TTA_MODES)
 PROB_FORMATS = {"npy": ".npy", "tiff": ".tif"}
-DEFAULT_NORM = (2.0, 98.0)  # percentiles when neither the options nor the models' runs give them
+DEFAULT_NORM = (NORM_LOW, NORM_HIGH)  # percentiles when neither the options nor the models' runs give them
 
 
 def _one_of(name: str, value, choices) -> None:
@@ -54,7 +55,7 @@ class PredictOptions:
     models' validation chose when their run was tuned, `instance_params.run_tta`: d4 when it scored better there; else
     none; `Predictor.from_files` resolves it).
     group_weights / model_weights: vote weight of the `z_` and standard groups × per-model weights (`from_files`).
-    norm_low / norm_high: normalisation percentiles (None: the models' run config, else 2 / 98).
+    norm_low / norm_high: normalisation percentiles (None: the models' run config, else NORM_LOW / NORM_HIGH).
     precision: "auto" | "float32" | "saved" (see `models.loading.load_models`).
     """
 

@@ -1,8 +1,12 @@
 """Tune the instance post-processing of a trained run on its validation images (never on test images).
 
 `tune_instances` scores a grid of `InstanceParams` (foreground threshold × seed threshold × seed peak depth ×
-border-merge threshold × fragment fraction × minimum size) by instance F1 at IoU 0.5 with TP/FP/FN summed over all
-validation images, and keeps the best (ties: the larger summed IoU of the matched cells). It is vectorised over the
+border-merge threshold × fragment fraction × minimum size) on all validation images (TP/FP/FN and the matched cells'
+IoU summed over the images) and keeps the best by the objective (`OBJECTIVES`; default "pq", panoptic quality =
+F1@0.5 × mean IoU of the matched cells: the cell count and how well each cell's outline fits; "f1" = F1@0.5 alone,
+ties to the larger summed IoU). F1@0.5 is flat over every knob that only moves outlines while IoU stays above 0.5,
+so it picks among near-ties by noise; PQ prefers the outline that fits. Chosen by leave-one-image-out selection on the
+validation images of both instance sets (docs/PREDICTION.md "Cells"). It is vectorised over the
 grid: each image's maps are predicted once, each (fg, seed, peak depth) floods once per image, each merge threshold
 merges that flood once and each fragment fraction refines the merge (`instances.refinements`, the steps prediction
 runs; a label image that a step left unchanged is scored once), and every minimum size is scored from one IoU
@@ -41,14 +45,25 @@ MIN_SIZES = (0, 8, 16, 32, 64)
 MERGE_THRESHOLDS = (0.2, 0.3, 1.0)          # 1.0 = never merge
 SMALL_FRACTIONS = (0.0, 0.2, 0.3, 0.4)      # 0 = keep fragments as cells
 VAL_SCALES = (1.0, 0.7)                     # validation images as they are and shrunk to 0.7×
-TTA_CANDIDATES = ("none", "d4")             # tta "auto": both are tuned, the better validation F1 is kept
+TTA_CANDIDATES = ("none", "d4")             # tta "auto": both are tuned, the better validation score is kept
 GRID_COLUMNS = ["fg_threshold", "seed_threshold", "seed_h", "merge_threshold", "small_fraction", "min_size", "tp",
-                "fp", "fn", "precision", "recall", "f1", "sum_matched_iou"]
+                "fp", "fn", "precision", "recall", "f1", "sum_matched_iou", "pq"]
+#: objective name -> the grid columns it ranks by, best first (descending)
+OBJECTIVES = {"pq": ("pq", "f1"), "f1": ("f1", "sum_matched_iou")}
+DEFAULT_OBJECTIVE = "pq"
+
+
+def panoptic_quality(tp: float, fp: float, fn: float, sum_matched_iou: float) -> float:
+    """PQ = summed IoU of matched cells / (TP + FP/2 + FN/2) = F1 × mean matched IoU; 1.0 when there is nothing to
+    find and nothing was found."""
+    den = tp + 0.5 * fp + 0.5 * fn
+    return sum_matched_iou / den if den else 1.0
 
 
 @dataclass
 class TuningResult:
-    """The best params, its summed F1@0.5, the full grid (DataFrame with GRID_COLUMNS, best first) and the TTA."""
+    """The best params, its summed F1@0.5 and PQ, the full grid (DataFrame with GRID_COLUMNS, best first), the
+    objective that ranked it and the TTA."""
 
     params: InstanceParams
     f1: float
@@ -56,6 +71,13 @@ class TuningResult:
     n_images: int
     tta: str = "none"           # the test-time augmentation the maps were predicted with
     scales: tuple = (1.0,)      # the validation image scales scored (n_images counts every scaled copy)
+    pq: float = float("nan")
+    objective: str = DEFAULT_OBJECTIVE
+
+    @property
+    def score(self) -> float:
+        """The value of the objective for the best params (what the TTA choice compares)."""
+        return float(getattr(self, self.objective))
 
 
 def default_grid(kind: str) -> dict[str, tuple]:
@@ -79,20 +101,22 @@ def _counts(iou: np.ndarray, keep: np.ndarray) -> tuple[int, int, int, float]:
 
 def tune_instances(maps: Sequence[np.ndarray], truths: Sequence[np.ndarray], kind: str,
                    grid: dict[str, Sequence] | None = None, base: InstanceParams | None = None,
-                   progress: bool = False) -> TuningResult:
+                   progress: bool = False, objective: str = DEFAULT_OBJECTIVE) -> TuningResult:
     """Grid search of InstanceParams on cached maps.
 
     maps: per image (H, W, C) float32 (or uint8) predicted maps; truths: per image (H, W) int truth labels.
     grid: {"fg_threshold": [...], "seed_threshold": [...], "seed_h": [...], "merge_threshold": [...],
     "small_fraction": [...], "min_size": [...]}, missing keys from `default_grid(kind)`;
-    base: the other fields (fill_holes, connectivity). Score: F1 = 2·TP / (2·TP + FP + FN), counts summed over
-    images.
+    base: the other fields (fill_holes, connectivity). Scores, counts summed over images:
+    F1 = 2·TP / (2·TP + FP + FN), PQ (`panoptic_quality`); the best by `objective` ("pq" | "f1", `OBJECTIVES`) is kept.
     """
     import pandas as pd
     from tqdm.auto import tqdm
 
     if kind not in LABELLERS:
         raise ValueError(f"unknown target kind {kind!r}; known: {', '.join(LABELLERS)}")
+    if objective not in OBJECTIVES:
+        raise ValueError(f"unknown tuning objective {objective!r}; known: {', '.join(OBJECTIVES)}")
     if len(maps) != len(truths) or not len(maps):
         raise ValueError(f"need one truth per map and at least one image, got {len(maps)} maps, {len(truths)} truths")
     grid = {**default_grid(kind), **(grid or {})}
@@ -131,15 +155,15 @@ def tune_instances(maps: Sequence[np.ndarray], truths: Sequence[np.ndarray], kin
                      "small_fraction": float(fraction), "min_size": size, "tp": int(tp),
                      "fp": int(fp), "fn": int(fn), "precision": tp / (tp + fp) if tp + fp else 1.0,
                      "recall": tp / (tp + fn) if tp + fn else 1.0, "f1": 2 * tp / den if den else 1.0,
-                     "sum_matched_iou": s_iou})
+                     "sum_matched_iou": s_iou, "pq": panoptic_quality(tp, fp, fn, s_iou)})
     table = pd.DataFrame(rows, columns=GRID_COLUMNS)
-    table = table.sort_values(["f1", "sum_matched_iou"], ascending=False, kind="stable").reset_index(drop=True)
+    table = table.sort_values(list(OBJECTIVES[objective]), ascending=False, kind="stable").reset_index(drop=True)
     best = table.iloc[0]
     params = base.replace(fg_threshold=float(best.fg_threshold), seed_threshold=float(best.seed_threshold),
                           seed_h=float(best.seed_h), merge_threshold=float(best.merge_threshold),
                           small_fraction=float(best.small_fraction),
                           min_size=int(best.min_size))
-    return TuningResult(params, float(best.f1), table, len(maps))
+    return TuningResult(params, float(best.f1), table, len(maps), pq=float(best.pq), objective=objective)
 
 
 def write_tuning(run: str | os.PathLike, result: TuningResult, kind: str) -> tuple[Path, Path]:
@@ -148,9 +172,9 @@ def write_tuning(run: str | os.PathLike, result: TuningResult, kind: str) -> tup
     text = io.StringIO()
     result.grid.to_csv(text, index=False)
     grid_path = write_text_atomic(run / "instances_grid.csv", text.getvalue())
-    yaml_path = save_instance_params(run / "instances.yaml", result.params, kind=kind, val_f1=result.f1,
-                                     val_images=result.n_images, val_scales=list(result.scales), tta=result.tta,
-                                     grid="instances_grid.csv")
+    yaml_path = save_instance_params(run / "instances.yaml", result.params, kind=kind, objective=result.objective,
+                                     val_f1=result.f1, val_pq=result.pq, val_images=result.n_images,
+                                     val_scales=list(result.scales), tta=result.tta, grid="instances_grid.csv")
     return yaml_path, grid_path
 
 
@@ -180,12 +204,13 @@ def validation_samples(run: str | os.PathLike, manifest: str | os.PathLike | Non
 def tune_run(run: str | os.PathLike, model: str | os.PathLike | None = None,
              manifest: str | os.PathLike | None = None, grid: dict[str, Sequence] | None = None,
              options: PredictOptions | None = None, progress: bool = True,
-             scales: Sequence[float] = VAL_SCALES) -> TuningResult:
+             scales: Sequence[float] = VAL_SCALES, objective: str = DEFAULT_OBJECTIVE) -> TuningResult:
     """Tune the post-processing of RUN's model (default RUN/best.keras) on its validation images and write
     RUN/instances.yaml + RUN/instances_grid.csv. options: how the Predictor tiles and normalises (default
     `PredictOptions()`, normalisation from the run's config). With tta "auto" (the default) the validation images
     are predicted both plainly and with d4 test-time augmentation; d4 is kept (saved as `tta: d4`, which
-    prediction's tta "auto" then uses) only when its best F1 is higher: 8× the prediction time has to pay.
+    prediction's tta "auto" then uses) only when its best objective score is higher: 8× the prediction time has to
+    pay. objective: how grid points are ranked (`OBJECTIVES`).
     scales: each validation image is also scored resized by these factors (image area-averaged, truth nearest)."""
     from tqdm.auto import tqdm
 
@@ -197,6 +222,8 @@ def tune_run(run: str | os.PathLike, model: str | os.PathLike | None = None,
     model = Path(model) if model is not None else run / "best.keras"
     samples = validation_samples(run, manifest)
     threshold = float(getattr(_run_config(run), "mask_threshold", 0) or 0)   # > 0: binary truth -> components
+    if objective not in OBJECTIVES:
+        raise ValueError(f"unknown tuning objective {objective!r}; known: {', '.join(OBJECTIVES)}")
     if not samples:
         raise ValueError(f"{run}: no validation images with masks to tune instance post-processing on")
     options = options or PredictOptions()
@@ -220,9 +247,9 @@ def tune_run(run: str | os.PathLike, model: str | os.PathLike | None = None,
                     image, small = rescale_pair(read_image(s.image, predictor.channels), truth, scale)
                     maps.append(predictor.predict_image(image))
                     scored.append(small)
-        result = tune_instances(maps, scored, predictor.kind, grid, progress=progress)
+        result = tune_instances(maps, scored, predictor.kind, grid, progress=progress, objective=objective)
         result.scales = tuple(scales)
-        if best is None or result.f1 > best.f1:
+        if best is None or result.score > best.score:
             best, best_tta, kind = result, tta, predictor.kind
     best.tta = best_tta
     write_tuning(run, best, kind)

@@ -10,6 +10,7 @@ from pathlib import Path
 import yaml
 
 from ..common.files import write_text_atomic
+from ..data.preprocessing import NORM_HIGH, NORM_LOW
 from ..data.targets import TARGET_CHOICES
 
 STRATEGIES = ("auto", "default", "mirrored", "tpu", "multiworker")
@@ -33,8 +34,8 @@ class TrainConfig:
     loss_options: dict = field(default_factory=dict)
     augmentation: str = "default"
     channels: int = 1
-    norm_low: float = 2.0
-    norm_high: float = 98.0
+    norm_low: float = NORM_LOW         # normalisation percentiles (data.preprocessing: 1 / 99.8)
+    norm_high: float = NORM_HIGH
     mask_threshold: float = 0.0        # mask pixel > this is foreground (127 for anti-aliased 8-bit masks)
     target: str = "auto"               # auto | binary | contour | distance (cellseg_tf.data.targets); auto: distance
                                        # when the masks carry instance ids (label images), else binary
