@@ -12,6 +12,7 @@ import cellseg_tf
 
 from cellseg_tf.cli import main
 from cellseg_tf.data.io import read_image, read_raw, resolve_inputs, write_png, write_tiff
+from cellseg_tf.data.preprocessing import NORM_LOW
 from cellseg_tf.predict.batch_predict import parse_shard, predict_batch, shard_inputs
 from cellseg_tf.predict.options import BatchOptions, output_paths
 
@@ -71,7 +72,7 @@ def test_outputs_resume_and_overwrite(model_files, images, tmp_path):
     config = yaml.safe_load((out / "predict_config.yaml").read_text())  # the folder says how it was made
     assert config["models"] == model_files and config["cellseg_tf_version"] == cellseg_tf.__version__
     assert config["options"]["threshold"] == 0.4 and config["options"]["save_prob"] == "npy"
-    assert config["options"]["patch_size"] == 32 and config["options"]["norm_low"] == 2.0
+    assert config["options"]["patch_size"] == 32 and config["options"]["norm_low"] == NORM_LOW   # package default
     assert config["model_vote_weights"] == [0.5, 0.5] and "shard" not in config["options"]
 
     stamp = os.path.getmtime(out / "a.png")
