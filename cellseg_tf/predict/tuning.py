@@ -53,6 +53,12 @@ OBJECTIVES = {"pq": ("pq", "f1"), "f1": ("f1", "sum_matched_iou")}
 DEFAULT_OBJECTIVE = "pq"
 
 
+def check_objective(objective: str) -> None:
+    """A ValueError naming the known objectives unless `objective` is one of `OBJECTIVES`."""
+    if objective not in OBJECTIVES:
+        raise ValueError(f"unknown tuning objective {objective!r}; known: {', '.join(OBJECTIVES)}")
+
+
 def panoptic_quality(tp: float, fp: float, fn: float, sum_matched_iou: float) -> float:
     """PQ = summed IoU of matched cells / (TP + FP/2 + FN/2) = F1 × mean matched IoU; 1.0 when there is nothing to
     find and nothing was found."""
@@ -108,15 +114,15 @@ def tune_instances(maps: Sequence[np.ndarray], truths: Sequence[np.ndarray], kin
     grid: {"fg_threshold": [...], "seed_threshold": [...], "seed_h": [...], "merge_threshold": [...],
     "small_fraction": [...], "min_size": [...]}, missing keys from `default_grid(kind)`;
     base: the other fields (fill_holes, connectivity). Scores, counts summed over images:
-    F1 = 2·TP / (2·TP + FP + FN), PQ (`panoptic_quality`); the best by `objective` ("pq" | "f1", `OBJECTIVES`) is kept.
+    F1 = 2·TP / (2·TP + FP + FN), PQ (`panoptic_quality`); the best by `objective` ("pq" | "f1", `OBJECTIVES`)
+    is kept.
     """
     import pandas as pd
     from tqdm.auto import tqdm
 
     if kind not in LABELLERS:
         raise ValueError(f"unknown target kind {kind!r}; known: {', '.join(LABELLERS)}")
-    if objective not in OBJECTIVES:
-        raise ValueError(f"unknown tuning objective {objective!r}; known: {', '.join(OBJECTIVES)}")
+    check_objective(objective)
     if len(maps) != len(truths) or not len(maps):
         raise ValueError(f"need one truth per map and at least one image, got {len(maps)} maps, {len(truths)} truths")
     grid = {**default_grid(kind), **(grid or {})}
@@ -222,8 +228,7 @@ def tune_run(run: str | os.PathLike, model: str | os.PathLike | None = None,
     model = Path(model) if model is not None else run / "best.keras"
     samples = validation_samples(run, manifest)
     threshold = float(getattr(_run_config(run), "mask_threshold", 0) or 0)   # > 0: binary truth -> components
-    if objective not in OBJECTIVES:
-        raise ValueError(f"unknown tuning objective {objective!r}; known: {', '.join(OBJECTIVES)}")
+    check_objective(objective)
     if not samples:
         raise ValueError(f"{run}: no validation images with masks to tune instance post-processing on")
     options = options or PredictOptions()
