@@ -181,6 +181,8 @@ def cmd_adapt(args) -> int:
                          seed=args.seed, mask_threshold=args.mask_threshold, verbose=0 if args.quiet else 1)
     if args.max_pixels:
         config.max_pixels = args.max_pixels
+    if args.filter_sigmas is not None:
+        config.filter_sigmas = args.filter_sigmas
     result = adapt(config)
     report, dice = result.report, result.report["support_dice"]
     print(f"adapted={result.model_path} report={result.report_path} shots={report['shots']} "

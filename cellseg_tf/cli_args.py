@@ -11,6 +11,16 @@ from typing import Callable, Mapping
 DESCRIPTION = "`cellseg-tf` command line: a thin layer mapping flags onto package calls (demo, train, predict, evaluate)."
 
 
+def float_list(text: str) -> list[float]:
+    """'1,2,4' -> [1.0, 2.0, 4.0]; 'none' or '' -> [] (argparse type: a bad number is a usage error)."""
+    if text.strip().lower() in ("", "none"):
+        return []
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers or 'none', got {text!r}") from None
+
+
 def add_train_flags(p: argparse.ArgumentParser) -> None:
     """Flags shared by `train` and `cv`; each maps onto a TrainConfig field (unset flags keep --config/defaults)."""
     from .training.config import STRATEGIES
@@ -168,6 +178,9 @@ def build_parser(handlers: Mapping[str, Callable[[argparse.Namespace], int]] | N
     p.add_argument("--out", required=True, help="adapted .keras model; <stem>_adaptation.yaml goes beside it")
     p.add_argument("--max-pixels", type=int, help="cap on sampled support pixels (default 40000)")
     p.add_argument("--mask-threshold", type=float, default=0, help="mask pixel > this is foreground")
+    p.add_argument("--filter-sigmas", type=float_list, default=None, metavar="S1,S2,...",
+                   help="also use the image's Gaussian-derivative filter responses at these scales in px "
+                        "(e.g. 1,2,4,8); 'none' = extractor features only (default: the package's)")
     add_quiet(p)
 
     p = sub.add_parser("morphometry", help="per-cell measurements (area, shape, intensity) of predicted masks")

@@ -135,6 +135,58 @@ def test_lambda_is_chosen_on_held_out_images():
     assert 150 < single.sum() < 350                                           # one image: a quarter of its pixels
 
 
+# ------------------------------------------------------------------------------------------- image filters
+def test_image_filters_match_scipy_and_survive_a_keras_round_trip(tmp_path):
+    from scipy import ndimage as ndi
+
+    from cellseg_tf.models.layers import FILTER_TRUNCATE, ImageFilters
+
+    rng = np.random.default_rng(0)
+    image = ndi.gaussian_filter(rng.random((1, 60, 76, 2)), (0, 1.5, 1.5, 0)).astype("float32")
+    layer = ImageFilters((1.0, 2.5))
+    out = np.asarray(layer(image))
+    assert out.shape == (1, 60, 76, 2 * 11) == layer.compute_output_shape(image.shape)
+    for c in range(2):
+        x = image[0, ..., c].astype(np.float64)
+        got = out[0, ..., 11 * c:11 * (c + 1)]
+        np.testing.assert_array_equal(got[..., 0], image[0, ..., c])
+        for i, sigma in enumerate((1.0, 2.5)):
+            def g(order=(0, 0), im=x):
+                return ndi.gaussian_filter(im, sigma, order=order, truncate=FILTER_TRUNCATE, mode="mirror")
+            mean, ixx, iyy, ixy = g(), g((0, 2)), g((2, 0)), g((1, 1))
+            root = np.sqrt(((ixx - iyy) / 2) ** 2 + ixy ** 2)
+            want = [mean, np.sqrt(np.maximum(g(im=x * x) - mean ** 2, 0)), sigma * np.hypot(g((0, 1)), g((1, 0))),
+                    sigma ** 2 * ((ixx + iyy) / 2 + root), sigma ** 2 * ((ixx + iyy) / 2 - root)]
+            for j, w in enumerate(want):
+                np.testing.assert_allclose(got[..., 1 + 5 * i + j], w, atol=2e-5 * sigma ** 2 + 1e-5,
+                                           err_msg=f"{ImageFilters.FEATURES[j]} at sigma {sigma}")
+    x = keras.Input((None, None, 2))
+    model = keras.Model(x, ImageFilters((1.0, 2.5), name="f")(x))
+    model.save(tmp_path / "f.keras")
+    loaded = keras.models.load_model(tmp_path / "f.keras", safe_mode=True)
+    assert loaded.get_layer("f").sigmas == (1.0, 2.5) and not loaded.weights
+    np.testing.assert_array_equal(np.asarray(loaded(image)), out)
+    with pytest.raises(ValueError, match="positive"):
+        ImageFilters((0.0,))
+
+
+def test_adaptation_with_image_filters_adds_their_features_and_round_trips(fs, tmp_path):
+    out = tmp_path / "filters.keras"
+    result = adapt(_config(fs, out, filter_sigmas=[1.0, 2.0]))
+    report = result.report
+    assert report["sampled"]["features"] == 4 + 5 + 11 and report["image_filters"] == {"sigmas": [1.0, 2.0],
+                                                                                       "features": 11}
+    loaded = keras.models.load_model(out, safe_mode=True)
+    assert len(loaded.trainable_weights) == 2 and head_weights(loaded)[0].shape == (20,)
+    x = np.random.default_rng(1).random((1, 48, 48, 1)).astype("float32")
+    np.testing.assert_array_equal(np.asarray(loaded(x)), np.asarray(result.model(x)))
+    with pytest.raises(ValueError, match="filter sigma 20 is too large for 48-px feature tiles"):
+        adapt(_config(fs, tmp_path / "big.keras", filter_sigmas=[20.0]))
+    with pytest.raises(ValueError, match="filter sigmas must be positive"):
+        adapt(_config(fs, tmp_path / "neg.keras", filter_sigmas=[-1.0]))
+    assert not (tmp_path / "big.keras").exists() and not (tmp_path / "neg.keras").exists()
+
+
 # ------------------------------------------------------------------------------------------- adapted model
 def test_adapted_model_round_trips_and_holds_the_solvers_weights(fs, tmp_path):
     out = tmp_path / "adapted.keras"
@@ -209,6 +261,15 @@ def test_cli_adapt_then_predict_and_evaluate_unchanged(fs, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert f"adapted={out}" in printed and "support_dice_bfgs=" in printed
     assert report_path(out).is_file()
+    assert yaml.safe_load(report_path(out).read_text())["image_filters"]["sigmas"] == []
+    filtered = tmp_path / "new" / "filtered.keras"
+    assert main(["adapt", "--extractor", fs.extractors[1], "--support", str(fs.manifest), "--shots", "2",
+                 "--out", str(filtered), "--filter-sigmas", "1,3", "--quiet"]) == 0
+    assert yaml.safe_load(report_path(filtered).read_text())["image_filters"] == {"sigmas": [1.0, 3.0],
+                                                                                  "features": 11}
+    with pytest.raises(SystemExit):
+        main(["adapt", "--extractor", fs.extractors[1], "--support", str(fs.manifest), "--out", str(filtered),
+              "--filter-sigmas", "one"])
     pred = tmp_path / "pred"
     assert main(["predict", "--model", str(out), "--model", fs.extractors[0], "--input", str(fs.manifest),
                  "--split", "test", "--out", str(pred), "--no-progress"]) == 0      # in an ensemble, too

@@ -22,6 +22,7 @@ import yaml
 
 from .. import __version__
 from ..common.files import atomic_path, write_text_atomic
+from ..models.layers import FILTER_TRUNCATE
 from ..models.metadata import describe
 from ..predict.options import DEFAULT_NORM, run_normalization
 from .extractors import build_adapted_model, common_input_shape, load_extractors, set_head
@@ -29,6 +30,7 @@ from .solver import BFGS_GTOL, DEFAULT_LAMBDAS, DICE_METHOD, LOGISTIC_MAXITER, S
 from .support import default_max_tiles, draw_support, load_support, sample_support, tile_size
 
 DEFAULT_MAX_PIXELS = 40_000
+DEFAULT_FILTER_SIGMAS: tuple[float, ...] = ()   # image filter responses off by default (see docs/FEWSHOT.md)
 
 
 @dataclass
@@ -41,6 +43,8 @@ class AdaptConfig:
     support image (None: `support.default_max_tiles`, 16 tiles of 128²). lambdas: L2 candidates for λ.
     norm_low / norm_high: normalisation percentiles (None: the extractors' own, see `normalization`).
     tile_size: feature tile side for extractors that accept any size (None: automatic, see `support.tile_size`).
+    filter_sigmas: scales (px) of the image's own Gaussian-derivative filter responses added to the extractors'
+    features (`models.layers.ImageFilters`); empty: extractor features only.
     """
 
     extractors: list[str] = field(default_factory=list)
@@ -55,6 +59,7 @@ class AdaptConfig:
     norm_low: float | None = None
     norm_high: float | None = None
     tile_size: int | None = None
+    filter_sigmas: list[float] = field(default_factory=lambda: list(DEFAULT_FILTER_SIGMAS))
     batch_size: int = 4
     verbose: int = 1
 
@@ -75,6 +80,8 @@ class AdaptConfig:
             raise ValueError(f"lambdas must be non-negative numbers, got {self.lambdas}")
         if self.batch_size < 1 or (self.tile_size is not None and self.tile_size < 16):
             raise ValueError("batch_size must be >= 1 and tile_size >= 16")
+        if self.filter_sigmas and min(self.filter_sigmas) <= 0:
+            raise ValueError(f"filter sigmas must be positive, got {self.filter_sigmas}")
         return self
 
     def normalization(self, extractor_paths: list[str]) -> tuple[float, float]:
@@ -123,8 +130,12 @@ def adapt(config: AdaptConfig, *, save: bool = True) -> AdaptResult:
     samples, available = draw_support(config.support, config.shots, config.seed)
     pairs = load_support(samples, int(input_shape[2]), low, high, config.mask_threshold)
     tile = tile_size(input_shape, [p.image for p in pairs], config.tile_size)
+    sigmas = [float(v) for v in config.filter_sigmas]
+    if sigmas and FILTER_TRUNCATE * max(sigmas) >= tile:
+        raise ValueError(f"filter sigma {max(sigmas):g} is too large for {tile}-px feature tiles (needs "
+                         f"{FILTER_TRUNCATE:g}·sigma < tile); use smaller --filter-sigmas or a larger --tile-size")
     max_tiles = config.max_tiles or default_max_tiles(tile)
-    model, features = build_adapted_model(extractors, input_shape)
+    model, features = build_adapted_model(extractors, input_shape, sigmas)
     t_load = time.perf_counter()
 
     pixels = sample_support(features.predict_on_batch, pairs, config.max_pixels, config.seed, tile, max_tiles,
@@ -140,6 +151,8 @@ def adapt(config: AdaptConfig, *, save: bool = True) -> AdaptResult:
     report = {
         "model": out.name,
         "extractors": [{"path": ex.path, "name": ex.name, "features": ex.n_features} for ex in extractors],
+        "image_filters": {"sigmas": sigmas, "features": int(pixels.x.shape[1]) - sum(ex.n_features
+                                                                                  for ex in extractors)},
         "support": str(config.support),
         "support_rows": [{"row": s.row, "image": s.image} for s in samples],
         "shots": len(samples), "train_rows_available": available, "seed": config.seed,

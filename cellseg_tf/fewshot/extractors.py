@@ -7,7 +7,7 @@ output through single-input layers (the sigmoid / `TargetHead`), so it works for
 zoo's registered head existed.
 
 The adapted model is an ordinary `.keras` model:
-    image (B, H, W, C) -> [frozen extractor 0 features | extractor 1 features | ...] (B, H, W, d)
+    image (B, H, W, C) -> [frozen extractor 0 features | extractor 1 features | ... | image filters] (B, H, W, d)
           -> Conv2D(1, 1) "fewshot_logits" (kernel = W, bias = b) -> TargetHead("binary") "fewshot_sigmoid" float32
 so prediction, the ensemble voter and evaluation use it unchanged, and it loads in safe mode.
 """
@@ -21,6 +21,7 @@ from typing import Sequence
 import numpy as np
 
 HEAD = "fewshot"          # the head's layers: fewshot_logits (the 1×1 conv), fewshot_sigmoid (TargetHead)
+FILTERS = "image_filters"  # the layer of the image's own filter responses (optional)
 MAX_TRAILING_LAYERS = 4   # single-input layers allowed between the classifier conv and the output
 
 
@@ -112,13 +113,16 @@ def _layer_name(i: int, name: str) -> str:
     return f"extractor{i}_" + re.sub(r"[^A-Za-z0-9_]", "_", name)
 
 
-def build_adapted_model(extractors: Sequence[Extractor], input_shape: tuple | None = None):
+def build_adapted_model(extractors: Sequence[Extractor], input_shape: tuple | None = None,
+                        filter_sigmas: Sequence[float] = ()):
     """(adapted model, feature model) sharing one graph. The feature model maps (B, H, W, C) images to the
-    concatenated (B, H, W, d) features the head reads; the adapted model's head starts at zero weights (set them
-    with `set_head`). Extractors are frozen (trainable = False)."""
+    concatenated (B, H, W, d) features the head reads: each extractor's, then (when `filter_sigmas` is not empty)
+    the image's own Gaussian-derivative filter responses (`models.layers.ImageFilters`, layer "image_filters").
+    The adapted model's head starts at zero weights (set them with `set_head`). Extractors are frozen."""
     import keras
 
     from ..models.heads import target_head
+    from ..models.layers import ImageFilters
 
     input_shape = tuple(input_shape or common_input_shape(extractors))
     inputs = keras.Input(shape=input_shape, name="image")
@@ -127,6 +131,8 @@ def build_adapted_model(extractors: Sequence[Extractor], input_shape: tuple | No
         sub = keras.Model(ex.model.inputs[0], ex.features, name=_layer_name(i, ex.name))
         sub.trainable = False
         maps.append(sub(inputs))
+    if filter_sigmas:
+        maps.append(ImageFilters(filter_sigmas, name=FILTERS)(inputs))
     features = maps[0] if len(maps) == 1 else keras.layers.Concatenate(name="features")(maps)
     outputs = target_head(features, name=HEAD, out_channels=1)
     model = keras.Model(inputs, outputs, name="fewshot_adapted")

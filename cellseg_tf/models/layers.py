@@ -5,6 +5,8 @@ Written with `keras.ops` only (backend-agnostic). Import this module (or `cellse
 """
 from __future__ import annotations
 
+import math
+
 import keras
 from keras import layers, ops
 
@@ -15,6 +17,7 @@ _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 _TORCH_MEAN_RGB = (0.485, 0.456, 0.406)
 _TORCH_STD_RGB = (0.229, 0.224, 0.225)
 PREPROCESS_MODES = ("caffe", "torch", "tf", "raw255", "raw255_std_fix", "none")
+FILTER_TRUNCATE = 3.0     # Gaussian filter radius in σ (the kernels hold 99.7 % of the mass)
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -166,4 +169,91 @@ class SelectChannel(layers.Layer):
         return {**super().get_config(), "channel": self.channel}
 
 
-__all__ = ["WSConv2D", "ChannelRepeat", "ImageNetPreprocess", "ResizeLike", "SelectChannel", "PREPROCESS_MODES"]
+def gaussian_kernels(sigma: float, truncate: float = FILTER_TRUNCATE):
+    """(g, g', g'') 1-D Gaussian and its first two derivatives, each (2r + 1,) float64, r = ceil(truncate·σ).
+
+    g sums to 1; g' and g'' are the exact derivatives of the sampled Gaussian, so g' * x estimates ∂x and g'' * x
+    estimates ∂²x of the σ-smoothed image."""
+    import numpy as np
+
+    radius = max(1, int(math.ceil(truncate * sigma)))
+    t = np.arange(-radius, radius + 1, dtype=np.float64)
+    g = np.exp(-0.5 * (t / sigma) ** 2)
+    g /= g.sum()
+    return g, -t / sigma ** 2 * g, (t ** 2 / sigma ** 4 - 1 / sigma ** 2) * g
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class ImageFilters(layers.Layer):
+    """A fixed bank of Gaussian-derivative filters: (B, H, W, C) image -> (B, H, W, C·(1 + 5·len(sigmas))) float32.
+
+    Per channel: the image itself, then per σ the smoothed image, its local standard deviation (texture),
+    σ·|gradient| (edges) and the two σ²-scaled Hessian eigenvalues (ridges, valleys and blobs, larger one first).
+    No weights: the kernels follow from `sigmas`, so the layer saves and loads as its config. Borders are
+    reflect-padded, so the image must be more than 3σ pixels high and wide. These are the classical pixel features of
+    interactive classifiers; few-shot adaptation adds them to the extractors' features (docs/FEWSHOT.md).
+    """
+
+    FEATURES = ("smoothed", "local_std", "gradient", "hessian_max", "hessian_min")
+
+    def __init__(self, sigmas=(1.0, 2.0, 4.0, 8.0), **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        kwargs.setdefault("trainable", False)
+        super().__init__(**kwargs)
+        self.sigmas = tuple(float(s) for s in sigmas)
+        if not self.sigmas or min(self.sigmas) <= 0:
+            raise ValueError(f"filter sigmas must be positive numbers, got {list(sigmas)}")
+
+    @property
+    def features_per_channel(self) -> int:
+        return 1 + len(self.FEATURES) * len(self.sigmas)
+
+    def _separable(self, x, kernels_x, kernels_y, radius: int):
+        """Every (kx, ky) pair of 1-D kernels applied to each channel of x (B, H, W, C): list over ky of
+        (B, H, W, C·len(kx)) maps, channel c·len(kx) + i holding kx[i] along x then ky along y."""
+        import numpy as np
+
+        channels = x.shape[-1]
+        x = ops.pad(x, [[0, 0], [radius, radius], [radius, radius], [0, 0]], mode="reflect")
+        kx = np.stack(kernels_x, -1)[None, :, None, :]                      # (1, k, 1, m)
+        rows = ops.depthwise_conv(x, ops.convert_to_tensor(np.tile(kx, (1, 1, channels, 1)), "float32"),
+                                  padding="valid")
+        out = []
+        for ky in kernels_y:
+            k = ops.convert_to_tensor(np.tile(ky[:, None, None, None], (1, 1, channels * len(kernels_x), 1)),
+                                      "float32")
+            out.append(ops.depthwise_conv(rows, k, padding="valid"))
+        return out
+
+    def call(self, x):
+        x = ops.cast(x, "float32")
+        channels = x.shape[-1]
+        per_channel = [[x[..., c:c + 1]] for c in range(channels)]
+        both = ops.concatenate([x, x * x], axis=-1)                          # moments for the local std
+        for sigma in self.sigmas:
+            g, d1, d2 = gaussian_kernels(sigma)
+            radius = len(g) // 2
+            smooth_x, = self._separable(both, [g], [g], radius)               # (B, H, W, 2C): mean, mean of squares
+            by_y = self._separable(x, [g, d1, d2], [g, d1, d2], radius)       # by_y[j][..., 3c + i]: d^i_x d^j_y
+            for c in range(channels):
+                mean, sq = smooth_x[..., c:c + 1], smooth_x[..., channels + c:channels + c + 1]
+                std = ops.sqrt(ops.maximum(sq - mean * mean, 0.0) + 1e-12)
+                ix, iy = by_y[0][..., 3 * c + 1:3 * c + 2], by_y[1][..., 3 * c:3 * c + 1]
+                ixx, iyy = by_y[0][..., 3 * c + 2:3 * c + 3], by_y[2][..., 3 * c:3 * c + 1]
+                ixy = by_y[1][..., 3 * c + 1:3 * c + 2]
+                grad = sigma * ops.sqrt(ix * ix + iy * iy + 1e-12)
+                half_trace, half_diff = (ixx + iyy) / 2, (ixx - iyy) / 2
+                root = ops.sqrt(half_diff * half_diff + ixy * ixy + 1e-12)
+                s2 = sigma * sigma
+                per_channel[c] += [mean, std, grad, s2 * (half_trace + root), s2 * (half_trace - root)]
+        return ops.concatenate([m for maps in per_channel for m in maps], axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (input_shape[-1] * self.features_per_channel,)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "sigmas": list(self.sigmas)}
+
+
+__all__ = ["WSConv2D", "ChannelRepeat", "ImageNetPreprocess", "ResizeLike", "SelectChannel", "ImageFilters",
+           "gaussian_kernels", "PREPROCESS_MODES"]
