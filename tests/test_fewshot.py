@@ -19,6 +19,7 @@ from cellseg_tf.data.manifest import write_manifest  # noqa: E402
 from cellseg_tf.data.synthetic import make_dataset  # noqa: E402
 from cellseg_tf.fewshot import AdaptConfig, adapt, feature_tensor, head_weights, report_path  # noqa: E402
 from cellseg_tf.fewshot import solver  # noqa: E402
+from cellseg_tf.fewshot.adapt import DEFAULT_FILTER_SIGMAS  # noqa: E402
 from cellseg_tf.fewshot.support import TileGrid, draw_support, gather_features, sample_pixels  # noqa: E402
 from cellseg_tf.models import build_model, target_kind  # noqa: E402
 
@@ -214,7 +215,8 @@ def test_adapted_model_round_trips_and_holds_the_solvers_weights(fs, tmp_path):
 
     report = yaml.safe_load(report_path(out).read_text())
     assert report == result.report and report["shots"] == 3 and report["train_rows_available"] == 4
-    assert report["sampled"]["features"] == 4 + 5 and report["seconds"]["total"] > 0
+    assert report["sampled"]["features"] == 4 + 5 + 1 + 5 * len(DEFAULT_FILTER_SIGMAS)   # + the image filters
+    assert report["seconds"]["total"] > 0
     assert report["lambda"] in solver.DEFAULT_LAMBDAS
     assert report["support_dice"]["bfgs"] >= report["support_dice"]["logistic"]
 
@@ -261,7 +263,7 @@ def test_cli_adapt_then_predict_and_evaluate_unchanged(fs, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert f"adapted={out}" in printed and "support_dice_bfgs=" in printed
     assert report_path(out).is_file()
-    assert yaml.safe_load(report_path(out).read_text())["image_filters"]["sigmas"] == []
+    assert yaml.safe_load(report_path(out).read_text())["image_filters"]["sigmas"] == list(DEFAULT_FILTER_SIGMAS)
     filtered = tmp_path / "new" / "filtered.keras"
     assert main(["adapt", "--extractor", fs.extractors[1], "--support", str(fs.manifest), "--shots", "2",
                  "--out", str(filtered), "--filter-sigmas", "1,3", "--quiet"]) == 0

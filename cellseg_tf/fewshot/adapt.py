@@ -30,7 +30,7 @@ from .solver import BFGS_GTOL, DEFAULT_LAMBDAS, DICE_METHOD, LOGISTIC_MAXITER, S
 from .support import default_max_tiles, draw_support, load_support, sample_support, tile_size
 
 DEFAULT_MAX_PIXELS = 40_000
-DEFAULT_FILTER_SIGMAS: tuple[float, ...] = ()   # image filter responses off by default (see docs/FEWSHOT.md)
+DEFAULT_FILTER_SIGMAS = (1.0, 2.0, 4.0, 8.0)    # image filter scales, chosen on validation rows (docs/FEWSHOT.md)
 
 
 @dataclass
