@@ -20,9 +20,10 @@ of full training on >= 3 sets, each adaptation <= 60 s, BFGS never below logisti
 --resume goes on with an interrupted run in --out (its extractors, full-training references and finished draws are
 kept); K is run in the order given by --shots (e.g. 5,1,3,10 measures the goal's K first).
 
---compare-filters 1,2,4,8 (with --filter-sigmas none, since the filters are on by default) adapts every draw a second time with the image's own Gaussian-derivative filter responses
-added to the extractors' features (methods logistic_filters, bfgs_filters); --val-rows N also scores every adapted
-model on N train rows outside its support set (val_dice), the split on which a default may be chosen.
+--filter-sigmas none --compare-filters 1,2,4,8 adapts every draw without and again with the image's own
+Gaussian-derivative filter responses added to the extractors' features (methods logistic_filters, bfgs_filters; the
+filters are on by default); --val-rows N also scores every adapted model on N train rows outside its support set
+(val_dice), the split on which a default may be chosen.
 
 --quick: K in {1, 3}, 2 draws, 64 px patches (with a small --minutes, a smoke test of the whole pipeline whose
 numbers mean nothing).
