@@ -229,14 +229,14 @@ class ImageFilters(layers.Layer):
         x = ops.cast(x, "float32")
         channels = x.shape[-1]
         per_channel = [[x[..., c:c + 1]] for c in range(channels)]
-        both = ops.concatenate([x, x * x], axis=-1)                          # moments for the local std
+        squares = x * x                                                       # smoothed: the local variance
         for sigma in self.sigmas:
             g, d1, d2 = gaussian_kernels(sigma)
             radius = len(g) // 2
-            smooth_x, = self._separable(both, [g], [g], radius)               # (B, H, W, 2C): mean, mean of squares
+            smooth_sq, = self._separable(squares, [g], [g], radius)          # (B, H, W, C): local mean of x²
             by_y = self._separable(x, [g, d1, d2], [g, d1, d2], radius)       # by_y[j][..., 3c + i]: d^i_x d^j_y
             for c in range(channels):
-                mean, sq = smooth_x[..., c:c + 1], smooth_x[..., channels + c:channels + c + 1]
+                mean, sq = by_y[0][..., 3 * c:3 * c + 1], smooth_sq[..., c:c + 1]
                 std = ops.sqrt(ops.maximum(sq - mean * mean, 0.0) + 1e-12)
                 ix, iy = by_y[0][..., 3 * c + 1:3 * c + 2], by_y[1][..., 3 * c:3 * c + 1]
                 ixx, iyy = by_y[0][..., 3 * c + 2:3 * c + 3], by_y[2][..., 3 * c:3 * c + 1]
