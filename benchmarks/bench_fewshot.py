@@ -117,11 +117,11 @@ def goal_lines(results: pd.DataFrame, table: pd.DataFrame) -> list[str]:
     """The issue's goals, checked for every feature variant in the run ("" = the default, "_filters" compared)."""
     vs_scratch = results[results.method != "full"].pivot_table(index=["target", "shots", "draw"], columns="method",
                                                                values="dice")
+    at5 = table[table.shots == GOAL_SHOTS]
     lines = []
     for suffix in [v for v in ("", "_filters") if f"bfgs{v}" in vs_scratch]:
         lr, bfgs = f"logistic{suffix}", f"bfgs{suffix}"
         few = results[results.method.isin([lr, bfgs])]
-        at5 = table[table.shots == GOAL_SHOTS]
         paired = vs_scratch[[lr, bfgs]].dropna()
         if len(at5) and f"{bfgs}_median" in at5:
             ratio = at5[f"{bfgs}_median"] / at5["full"]

@@ -22,7 +22,7 @@ import yaml
 
 from .. import __version__
 from ..common.files import atomic_path, write_text_atomic
-from ..models.layers import FILTER_TRUNCATE
+from ..models.layers import FILTER_TRUNCATE, filter_radius
 from ..models.metadata import describe
 from ..predict.options import DEFAULT_NORM, run_normalization
 from .extractors import build_adapted_model, common_input_shape, load_extractors, set_head
@@ -131,9 +131,10 @@ def adapt(config: AdaptConfig, *, save: bool = True) -> AdaptResult:
     pairs = load_support(samples, int(input_shape[2]), low, high, config.mask_threshold)
     tile = tile_size(input_shape, [p.image for p in pairs], config.tile_size)
     sigmas = [float(v) for v in config.filter_sigmas]
-    if sigmas and FILTER_TRUNCATE * max(sigmas) >= tile:
+    if sigmas and filter_radius(max(sigmas)) >= tile:
         raise ValueError(f"filter sigma {max(sigmas):g} is too large for {tile}-px feature tiles (needs "
-                         f"{FILTER_TRUNCATE:g}·sigma < tile); use smaller --filter-sigmas or a larger --tile-size")
+                         f"ceil({FILTER_TRUNCATE:g}·sigma) < tile); use smaller --filter-sigmas or a larger "
+                         "AdaptConfig.tile_size")
     max_tiles = config.max_tiles or default_max_tiles(tile)
     model, features = build_adapted_model(extractors, input_shape, sigmas)
     t_load = time.perf_counter()

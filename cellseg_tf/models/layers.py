@@ -169,14 +169,20 @@ class SelectChannel(layers.Layer):
         return {**super().get_config(), "channel": self.channel}
 
 
+def filter_radius(sigma: float, truncate: float = FILTER_TRUNCATE) -> int:
+    """Half-width r of the Gaussian kernels at σ: ceil(truncate·σ), at least 1; an image needs more than r pixels
+    each way to be reflect-padded by r."""
+    return max(1, int(math.ceil(truncate * sigma)))
+
+
 def gaussian_kernels(sigma: float, truncate: float = FILTER_TRUNCATE):
-    """(g, g', g'') 1-D Gaussian and its first two derivatives, each (2r + 1,) float64, r = ceil(truncate·σ).
+    """(g, g', g'') 1-D Gaussian and its first two derivatives, each (2r + 1,) float64, r = `filter_radius`.
 
     g sums to 1; g' and g'' are the exact derivatives of the sampled Gaussian, so g' * x estimates ∂x and g'' * x
     estimates ∂²x of the σ-smoothed image."""
     import numpy as np
 
-    radius = max(1, int(math.ceil(truncate * sigma)))
+    radius = filter_radius(sigma, truncate)
     t = np.arange(-radius, radius + 1, dtype=np.float64)
     g = np.exp(-0.5 * (t / sigma) ** 2)
     g /= g.sum()
@@ -256,4 +262,4 @@ class ImageFilters(layers.Layer):
 
 
 __all__ = ["WSConv2D", "ChannelRepeat", "ImageNetPreprocess", "ResizeLike", "SelectChannel", "ImageFilters",
-           "gaussian_kernels", "PREPROCESS_MODES"]
+           "filter_radius", "gaussian_kernels", "PREPROCESS_MODES"]
