@@ -22,8 +22,10 @@ kept); K is run in the order given by --shots (e.g. 5,1,3,10 measures the goal's
 
 --filter-sigmas none --compare-filters 1,2,4,8 adapts every draw without and again with the image's own
 Gaussian-derivative filter responses added to the extractors' features (methods logistic_filters, bfgs_filters; the
-filters are on by default); --val-rows N also scores every adapted model on N train rows outside its support set
-(val_dice), the split on which a default may be chosen.
+filters are on by default); --compare-pooled-dice adapts every draw again with the BFGS step's Dice pooled over all
+support pixels (methods logistic_pooled, bfgs_pooled; the default averages each support image's Dice); --val-rows N
+also scores every adapted model on N train rows outside its support set (val_dice), the split on which a default
+may be chosen.
 
 --quick: K in {1, 3}, 2 draws, 64 px patches (with a small --minutes, a smoke test of the whole pipeline whose
 numbers mean nothing).
@@ -114,12 +116,12 @@ def summarize(results: pd.DataFrame) -> pd.DataFrame:
 
 
 def goal_lines(results: pd.DataFrame, table: pd.DataFrame) -> list[str]:
-    """The issue's goals, checked for every feature variant in the run ("" = the default, "_filters" compared)."""
+    """The issue's goals, checked for every variant in the run ("" = the default; "_filters", "_pooled" compared)."""
     vs_scratch = results[results.method != "full"].pivot_table(index=["target", "shots", "draw"], columns="method",
                                                                values="dice")
     at5 = table[table.shots == GOAL_SHOTS]
     lines = []
-    for suffix in [v for v in ("", "_filters") if f"bfgs{v}" in vs_scratch]:
+    for suffix in sorted(m[len("bfgs"):] for m in vs_scratch if str(m).startswith("bfgs")):
         lr, bfgs = f"logistic{suffix}", f"bfgs{suffix}"
         few = results[results.method.isin([lr, bfgs])]
         paired = vs_scratch[[lr, bfgs]].dropna()
@@ -134,8 +136,9 @@ def goal_lines(results: pd.DataFrame, table: pd.DataFrame) -> list[str]:
                   f"draws; median gain {float((paired[bfgs] - paired[lr]).median()):+.4f}"]
         if "scratch" in vs_scratch:
             for method in (lr, bfgs):
-                wins = int((vs_scratch[method] > vs_scratch["scratch"]).sum())
-                lines.append(f"goal {method} > scratch U-Net (same K, same time): {wins}/{len(vs_scratch)} draws")
+                both = vs_scratch[[method, "scratch"]].dropna()          # draws where this variant was run
+                wins = int((both[method] > both["scratch"]).sum())
+                lines.append(f"goal {method} > scratch U-Net (same K, same time): {wins}/{len(both)} draws")
     return lines
 
 
@@ -159,6 +162,9 @@ def main(argv=None) -> int:
     ap.add_argument("--compare-filters", type=float_list, default=None, metavar="S1,S2,...",
                     help="also adapt every draw with these image filter scales (methods logistic_filters, "
                          "bfgs_filters), in the same run")
+    ap.add_argument("--compare-pooled-dice", action="store_true",
+                    help="also adapt every draw with the BFGS step's Dice pooled over all support pixels instead "
+                         "of averaged per support image (methods logistic_pooled, bfgs_pooled)")
     ap.add_argument("--val-rows", type=int, default=0,
                     help="also score every adapted model on up to this many of the target's train rows outside "
                          "the support set (val_dice: for choosing defaults without the test split)")
@@ -185,7 +191,11 @@ def main(argv=None) -> int:
         if name not in sets:
             raise SystemExit(f"unknown target {name!r}; sets: {', '.join(sets)}")
     ext_options = {"depth": args.extractor_depth} if args.extractor_depth else {}
-    variants = [("", args.filter_sigmas)] + ([("_filters", args.compare_filters)] if args.compare_filters else [])
+    variants = [("", {} if args.filter_sigmas is None else {"filter_sigmas": args.filter_sigmas})]
+    if args.compare_filters:
+        variants.append(("_filters", {"filter_sigmas": args.compare_filters}))
+    if args.compare_pooled_dice:
+        variants.append(("_pooled", {"dice_average": "pooled"}))
 
     t_start = time.perf_counter()
     extractors: dict[str, Path] = {}
@@ -233,11 +243,10 @@ def main(argv=None) -> int:
                 support, _ = draw_support(sets[target], k, seed)            # the rows adapt() uses
                 held = held_out_rows(train_rows, support, args.val_rows, seed)
                 line = f"{target} K={k} seed={seed}:"
-                for suffix, sigmas in todo:
+                for suffix, overrides in todo:
                     config = AdaptConfig(extractors=sources, support=str(sets[target]), shots=k, seed=seed,
-                                         out=str(out / "adapted" / target / f"{tag}{suffix}.keras"), verbose=0)
-                    if sigmas is not None:
-                        config.filter_sigmas = sigmas
+                                         out=str(out / "adapted" / target / f"{tag}{suffix}.keras"), verbose=0,
+                                         **overrides)
                     if args.max_pixels:
                         config.max_pixels = args.max_pixels
                     result = adapt(config)

@@ -121,11 +121,10 @@ def cmd_predict(args) -> int:
         if not sep:
             raise ValueError(f"--group-weight wants GROUP=W (e.g. z=2), got {item!r}")
         group_weights[name.strip()] = float(value)
-    floats = lambda text: [float(v) for v in text.split(",")] if text else None  # noqa: E731
     options = BatchOptions(patch_size=args.patch_size, overlap=args.overlap, threshold=args.threshold,
                            batch_size=args.batch_size or None, tiling=args.tiling, vote=args.vote, tta=args.tta,
-                           group_weights=group_weights, model_weights=floats(args.model_weights),
-                           model_thresholds=floats(args.model_thresholds), save_prob=args.save_prob,
+                           group_weights=group_weights, model_weights=args.model_weights or None,
+                           model_thresholds=args.model_thresholds or None, save_prob=args.save_prob,
                            instances=args.instances, min_size=args.min_size, fg_threshold=args.fg_threshold,
                            seed_threshold=args.seed_threshold, seed_h=args.seed_h,
                            merge_threshold=args.merge_threshold,
@@ -183,6 +182,8 @@ def cmd_adapt(args) -> int:
         config.max_pixels = args.max_pixels
     if args.filter_sigmas is not None:
         config.filter_sigmas = args.filter_sigmas
+    if args.dice_average:
+        config.dice_average = args.dice_average
     result = adapt(config)
     report, dice = result.report, result.report["support_dice"]
     print(f"adapted={result.model_path} report={result.report_path} shots={report['shots']} "

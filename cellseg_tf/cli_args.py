@@ -121,8 +121,10 @@ def build_parser(handlers: Mapping[str, Callable[[argparse.Namespace], int]] | N
                         "tuned, RUN/instances.yaml; else none)")
     p.add_argument("--group-weight", action="append", metavar="GROUP=W",
                    help="vote weight of every model of a group: z (files named z_*) or standard; default 1")
-    p.add_argument("--model-weights", metavar="W1,W2,...", help="extra per-model weights, in --model order")
-    p.add_argument("--model-thresholds", metavar="T1,T2,...", help="per-model thresholds for --vote hard")
+    p.add_argument("--model-weights", type=float_list, metavar="W1,W2,...",
+                   help="extra per-model weights, in --model order")
+    p.add_argument("--model-thresholds", type=float_list, metavar="T1,T2,...",
+                   help="per-model thresholds for --vote hard")
     p.add_argument("--save-prob", choices=tuple(PROB_FORMATS), help="also write OUT/<stem>_prob.npy|.tif (float32)")
     p.add_argument("--instances", action="store_true",
                    help="also write OUT/<stem>_instances.tif (uint16 cell labels; touching cells split by models "
@@ -181,6 +183,9 @@ def build_parser(handlers: Mapping[str, Callable[[argparse.Namespace], int]] | N
     p.add_argument("--filter-sigmas", type=float_list, default=None, metavar="S1,S2,...",
                    help="also use the image's Gaussian-derivative filter responses at these scales in px "
                         "(e.g. 1,2,4,8); 'none' = extractor features only (default: the package's)")
+    p.add_argument("--dice-average", default=None, metavar="image|pooled",
+                   help="Dice of the BFGS step: mean of the support images' Dice (image, default) or one Dice "
+                        "over all their pixels (pooled)")
     add_quiet(p)
 
     p = sub.add_parser("morphometry", help="per-cell measurements (area, shape, intensity) of predicted masks")

@@ -126,3 +126,13 @@ def test_bare_on_off_words_stay_words_for_string_fields(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("mixed_precision: off\n")
     assert TrainConfig.load(path).mixed_precision == "off"
+
+
+def test_predict_number_lists_parse_or_are_a_usage_error(capsys):
+    args = build_parser().parse_args(["predict", "--model", "a.keras", "--model", "b.keras", "--input", "x",
+                                      "--out", "o", "--model-weights", "1,2.5", "--model-thresholds", "0.4,0.6"])
+    assert args.model_weights == [1.0, 2.5] and args.model_thresholds == [0.4, 0.6]
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["predict", "--model", "a.keras", "--input", "x", "--out", "o",
+                                   "--model-weights", "1,heavy"])
+    assert "expected comma-separated numbers" in capsys.readouterr().err

@@ -103,9 +103,44 @@ def test_solver_gradients_match_finite_differences():
     rng = np.random.default_rng(0)
     z, y, s = rng.normal(size=(300, 6)), (rng.random(300) < 0.3).astype(float), rng.uniform(0.5, 2, 300)
     theta = rng.normal(size=7) * 0.3
-    for loss in (solver.logistic_loss, solver.dice_loss):
-        numeric = approx_fprime(theta, lambda t: loss(t, z, y, s, 0.01)[0], 1e-7)
-        np.testing.assert_allclose(loss(theta, z, y, s, 0.01)[1], numeric, atol=1e-5)
+    groups = rng.integers(0, 4, 300)
+    for loss, extra in ((solver.logistic_loss, ()), (solver.dice_loss, ()), (solver.dice_loss, (groups,))):
+        numeric = approx_fprime(theta, lambda t: loss(t, z, y, s, 0.01, *extra)[0], 1e-7)
+        np.testing.assert_allclose(loss(theta, z, y, s, 0.01, *extra)[1], numeric, atol=1e-5)
+
+
+def test_per_image_dice_is_the_mean_of_each_images_dice():
+    rng = np.random.default_rng(1)
+    groups, theta = np.repeat([7, 2, 5, 9], 100), np.array([1.0, -0.5, 0.3, 0.1])
+    z, s = rng.normal(size=(400, 3)), rng.uniform(0.5, 2, 400)
+    y = (rng.random(400) < np.repeat([0.05, 0.3, 0.5, 0.8], 100)).astype(float)   # images of unequal foreground
+    for fn in (solver.soft_dice, solver.hard_dice):
+        each = [fn(theta, z[groups == g], y[groups == g], s[groups == g]) for g in (2, 5, 7, 9)]
+        assert fn(theta, z, y, s, groups) == pytest.approx(np.mean(each), rel=1e-9)
+        assert fn(theta, z, y, s) != pytest.approx(np.mean(each), rel=1e-3)          # pooled is another number
+    loss, _ = solver.dice_loss(theta, z, y, s, 0.0, groups)
+    assert loss == pytest.approx(1 - solver.soft_dice(theta, z, y, s, groups), rel=1e-9)
+
+
+def test_per_image_dice_penalises_false_positives_on_a_sparse_image():
+    """Two images: a dense one (half foreground) and a sparse one (2 %) whose background looks like foreground
+    along feature 1. Pooled Dice barely notices the sparse image's false positives; the per-image mean does."""
+    rng = np.random.default_rng(0)
+    n = 4000
+    y = np.r_[(rng.random(n) < 0.5), (rng.random(n) < 0.02)].astype(float)
+    g = np.repeat([0, 1], n)
+    x = rng.normal(size=(2 * n, 2)) + y[:, None] * 2.5
+    x[n:, 1] += 2.0 * (1 - y[n:])                                        # the sparse image's confusing background
+    fits = {avg: solver.solve(x, y, np.ones(2 * n), g, lambdas=(1e-4,), dice_average=avg) for avg in ("image", "pooled")}
+    sparse = g == 1
+    fp = {avg: float(((solver._logits(sol.theta_bfgs, sol.standardization.apply(x[sparse])) > 0) & (y[sparse] == 0)).sum())
+          for avg, sol in fits.items()}
+    assert fp["image"] < 0.5 * fp["pooled"]
+    assert solver.hard_dice(fits["image"].theta_bfgs, fits["image"].standardization.apply(x), y, np.ones(2 * n), g) \
+        > solver.hard_dice(fits["pooled"].theta_bfgs, fits["pooled"].standardization.apply(x), y, np.ones(2 * n), g)
+    assert fits["image"].dice_average == "image"
+    with pytest.raises(ValueError, match="dice_average"):
+        solver.solve(x, y, np.ones(2 * n), g, dice_average="mean")
 
 
 def _imbalanced_problem(seed=0, n=6000):
@@ -263,12 +298,17 @@ def test_cli_adapt_then_predict_and_evaluate_unchanged(fs, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert f"adapted={out}" in printed and "support_dice_bfgs=" in printed
     assert report_path(out).is_file()
-    assert yaml.safe_load(report_path(out).read_text())["image_filters"]["sigmas"] == list(DEFAULT_FILTER_SIGMAS)
+    report = yaml.safe_load(report_path(out).read_text())
+    assert report["image_filters"]["sigmas"] == list(DEFAULT_FILTER_SIGMAS) and report["dice_average"] == "image"
     filtered = tmp_path / "new" / "filtered.keras"
     assert main(["adapt", "--extractor", fs.extractors[1], "--support", str(fs.manifest), "--shots", "2",
-                 "--out", str(filtered), "--filter-sigmas", "1,3", "--quiet"]) == 0
-    assert yaml.safe_load(report_path(filtered).read_text())["image_filters"] == {"sigmas": [1.0, 3.0],
-                                                                                  "features": 11}
+                 "--out", str(filtered), "--filter-sigmas", "1,3", "--dice-average", "pooled", "--quiet"]) == 0
+    report = yaml.safe_load(report_path(filtered).read_text())
+    assert report["image_filters"] == {"sigmas": [1.0, 3.0], "features": 11} and report["dice_average"] == "pooled"
+    assert main(["adapt", "--extractor", fs.extractors[1], "--support", str(fs.manifest), "--out",
+                 str(tmp_path / "bad" / "a.keras"), "--dice-average", "mean", "--quiet"]) == 2
+    assert "dice_average must be one of image, pooled" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
     with pytest.raises(SystemExit):
         main(["adapt", "--extractor", fs.extractors[1], "--support", str(fs.manifest), "--out", str(filtered),
               "--filter-sigmas", "one"])

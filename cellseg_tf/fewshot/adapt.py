@@ -26,7 +26,8 @@ from ..models.layers import FILTER_TRUNCATE, filter_radius
 from ..models.metadata import describe
 from ..predict.options import DEFAULT_NORM, run_normalization
 from .extractors import build_adapted_model, common_input_shape, load_extractors, set_head
-from .solver import BFGS_GTOL, DEFAULT_LAMBDAS, DICE_METHOD, LOGISTIC_MAXITER, Solution, solve
+from .solver import (BFGS_GTOL, DEFAULT_DICE_AVERAGE, DEFAULT_LAMBDAS, DICE_AVERAGES, DICE_METHOD,
+                     LOGISTIC_MAXITER, Solution, solve)
 from .support import default_max_tiles, draw_support, load_support, sample_support, tile_size
 
 DEFAULT_MAX_PIXELS = 40_000
@@ -45,6 +46,8 @@ class AdaptConfig:
     tile_size: feature tile side for extractors that accept any size (None: automatic, see `support.tile_size`).
     filter_sigmas: scales (px) of the image's own Gaussian-derivative filter responses added to the extractors'
     features (`models.layers.ImageFilters`); empty: extractor features only.
+    dice_average: the BFGS step's Dice, "image" (mean of the support images' Dice, as evaluation averages) or
+    "pooled" (one Dice over all support pixels); see `solver`.
     """
 
     extractors: list[str] = field(default_factory=list)
@@ -60,6 +63,7 @@ class AdaptConfig:
     norm_high: float | None = None
     tile_size: int | None = None
     filter_sigmas: list[float] = field(default_factory=lambda: list(DEFAULT_FILTER_SIGMAS))
+    dice_average: str = DEFAULT_DICE_AVERAGE
     batch_size: int = 4
     verbose: int = 1
 
@@ -82,6 +86,8 @@ class AdaptConfig:
             raise ValueError("batch_size must be >= 1 and tile_size >= 16")
         if self.filter_sigmas and min(self.filter_sigmas) <= 0:
             raise ValueError(f"filter sigmas must be positive, got {self.filter_sigmas}")
+        if self.dice_average not in DICE_AVERAGES:
+            raise ValueError(f"dice_average must be one of {', '.join(DICE_AVERAGES)}, got {self.dice_average!r}")
         return self
 
     def normalization(self, extractor_paths: list[str]) -> tuple[float, float]:
@@ -142,7 +148,8 @@ def adapt(config: AdaptConfig, *, save: bool = True) -> AdaptResult:
     pixels = sample_support(features.predict_on_batch, pairs, config.max_pixels, config.seed, tile, max_tiles,
                             config.batch_size, progress=config.verbose > 0)
     t_features = time.perf_counter()
-    solution = solve(pixels.x, pixels.y, pixels.weight, pixels.group, config.lambdas, config.seed)
+    solution = solve(pixels.x, pixels.y, pixels.weight, pixels.group, config.lambdas, config.seed,
+                     config.dice_average)
     set_head(model, *solution.kernel_bias())
     describe(model, channels=int(input_shape[2]), norm_low=low, norm_high=high, mask_threshold=config.mask_threshold,
              patch_size=tile, version=__version__)      # the .keras file says how to normalise its inputs
@@ -164,6 +171,7 @@ def adapt(config: AdaptConfig, *, save: bool = True) -> AdaptResult:
                                    "lambda*|W|^2)",
                        "bfgs": f"scipy {DICE_METHOD}, gradient max-norm < {BFGS_GTOL:g} (1 - soft Dice + "
                                "lambda*|W|^2)"},
+        "dice_average": solution.dice_average,
         "bfgs_iterations": solution.bfgs_iterations,
         "support_dice": {"logistic": solution.dice_logistic, "bfgs": solution.dice_bfgs,
                          "soft_logistic": solution.soft_dice_logistic, "soft_bfgs": solution.soft_dice_bfgs},

@@ -8,14 +8,18 @@ sums estimate sums over the whole images), θ = (w (d,), b) the perceptron, z = 
    scale 1 and end with weight 0 under the L2 penalty).
 2. Logistic regression with L2: minimise Σ s·(softplus(z) − y·z) / Σ s + λ‖w‖² (scipy L-BFGS-B).
 3. From that start, the paper's BFGS step on the soft Dice loss 1 − (2·Σ s·p·y + ε) / (Σ s·p + Σ s·y + ε) + λ‖w‖²,
-   p = σ(z), run with scipy's limited-memory BFGS (`scipy.optimize.minimize(method="L-BFGS-B")`, analytic gradient,
-   stop at gradient max-norm < 1e-5 as in the paper). Full BFGS (method="BFGS") reaches the same optimum, but on
-   real features it needed 3–5× the iterations (e.g. 394 against 73 at the same loss and Dice); the results and
-   the report call this step "bfgs" after the paper.
-4. λ: each candidate is fitted (steps 2–3) on part of the support pixels and scored by the hard Dice (p > 0.5) on
-   the held-out rest; the best (ties: the larger λ) is refitted on all support pixels. The held-out part is whole
-   images when there are at least two (`holdout_mask`), else a random quarter of the pixels; the candidate fits use
-   at most SELECTION_PIXELS of the rest (a seeded subsample), which keeps the search to seconds.
+   p = σ(z). By default the Dice is each support image's, averaged over the images (`dice_average="image"`), as
+   the evaluation scores a model (mean per-image Dice); "pooled" sums over all support pixels at once, where images
+   with much foreground outweigh sparse ones and false positives on sparse images cost little. Run with scipy's
+   limited-memory BFGS (`scipy.optimize.minimize(method="L-BFGS-B")`, analytic gradient, stop at gradient
+   max-norm < 1e-5 as in the paper). Full BFGS (method="BFGS") reaches the same optimum, but on real features it
+   needed 3–5× the iterations (e.g. 394 against 73 at the same loss and Dice); the results and the report call
+   this step "bfgs" after the paper.
+4. λ: each candidate is fitted (steps 2–3) on part of the support pixels and scored by the hard Dice (p > 0.5,
+   averaged the same way) on the held-out rest; the best (ties: the larger λ) is refitted on all support pixels.
+   The held-out part is whole images when there are at least two (`holdout_mask`), else a random quarter of the
+   pixels; the candidate fits use at most SELECTION_PIXELS of the rest (a seeded subsample), which keeps the
+   search to seconds.
 5. The BFGS solution replaces the logistic one only if its support Dice is not lower (`Solution.chosen`).
 Finally the standardisation is folded into the weights (`fold_standardization`), so the saved 1×1 convolution
 reads raw features.
@@ -36,6 +40,8 @@ BFGS_MAXITER = 500
 LOGISTIC_MAXITER = 100      # the logistic fit is only BFGS's starting point: a close one is enough
 HOLDOUT_FRACTION = 0.25
 SELECTION_PIXELS = 20_000  # λ candidates are fitted on at most this many pixels (a seeded subsample)
+DICE_AVERAGES = ("image", "pooled")  # Dice of the BFGS step: mean over support images | over all support pixels
+DEFAULT_DICE_AVERAGE = "image"       # matches the evaluation (mean per-image Dice); docs/FEWSHOT.md, measured
 
 
 @dataclass
@@ -71,30 +77,50 @@ def logistic_loss(theta: np.ndarray, z: np.ndarray, y: np.ndarray, s: np.ndarray
     return loss, grad
 
 
-def soft_dice(theta: np.ndarray, z: np.ndarray, y: np.ndarray, s: np.ndarray, eps: float = 1e-6) -> float:
-    """Weighted soft Dice of p = σ(z·w + b) against y, in [0, 1]."""
+def _image_ids(groups: np.ndarray | None, n: int) -> tuple[np.ndarray, int]:
+    """(n,) contiguous image index 0..G-1 and G; groups=None: every pixel in one image (pooled Dice)."""
+    if groups is None:
+        return np.zeros(n, np.int64), 1
+    ids, inverse = np.unique(groups, return_inverse=True)
+    return inverse.reshape(-1), len(ids)
+
+
+def _dice_terms(p: np.ndarray, y: np.ndarray, s: np.ndarray, groups: np.ndarray | None, eps: float):
+    """Per image: (inter + e/2, union + e) with weighted sums, e = eps·(image weight); plus the image ids and G."""
+    g, n_images = _image_ids(groups, len(y))
+    e = eps * np.bincount(g, s, n_images)
+    inter = np.bincount(g, s * p * y, n_images) + e / 2
+    union = np.bincount(g, s * p, n_images) + np.bincount(g, s * y, n_images) + e
+    return inter, union, g, n_images
+
+
+def soft_dice(theta: np.ndarray, z: np.ndarray, y: np.ndarray, s: np.ndarray, groups: np.ndarray | None = None,
+              eps: float = 1e-6) -> float:
+    """Weighted soft Dice of p = σ(z·w + b) against y, in [0, 1]: the mean over images (`groups`), or pooled."""
+    inter, union, _, _ = _dice_terms(expit(_logits(theta, z)), y, s, groups, eps)
+    return float(np.mean(2 * inter / union))
+
+
+def hard_dice(theta: np.ndarray, z: np.ndarray, y: np.ndarray, s: np.ndarray,
+              groups: np.ndarray | None = None) -> float:
+    """Weighted Dice of the binarised prediction (logit > 0, i.e. p > 0.5): the mean over images (`groups`), or
+    pooled; an image where both are empty scores 1.0."""
+    pred = (_logits(theta, z) > 0).astype(np.float64)
+    g, n_images = _image_ids(groups, len(y))
+    inter = np.bincount(g, s * pred * (y > 0), n_images)
+    size = np.bincount(g, s * pred, n_images) + np.bincount(g, s * (y > 0), n_images)
+    return float(np.mean(np.where(size > 0, 2 * inter / np.where(size > 0, size, 1.0), 1.0)))
+
+
+def dice_loss(theta: np.ndarray, z: np.ndarray, y: np.ndarray, s: np.ndarray, lam: float,
+              groups: np.ndarray | None = None, eps: float = 1e-6):
+    """1 − soft Dice (mean over images, or pooled when groups=None) + λ‖w‖², and its gradient (d + 1,)."""
     p = expit(_logits(theta, z))
-    e = eps * s.sum()
-    return float((2 * np.sum(s * p * y) + e) / (np.sum(s * p) + np.sum(s * y) + e))
-
-
-def hard_dice(theta: np.ndarray, z: np.ndarray, y: np.ndarray, s: np.ndarray) -> float:
-    """Weighted Dice of the binarised prediction (logit > 0, i.e. p > 0.5); 1.0 when both are empty."""
-    pred = _logits(theta, z) > 0
-    inter, size = np.sum(s * (pred & (y > 0))), np.sum(s * pred) + np.sum(s * (y > 0))
-    return float(2 * inter / size) if size > 0 else 1.0
-
-
-def dice_loss(theta: np.ndarray, z: np.ndarray, y: np.ndarray, s: np.ndarray, lam: float, eps: float = 1e-6):
-    """1 − soft Dice + λ‖w‖² and its gradient (d + 1,)."""
-    p = expit(_logits(theta, z))
-    e = eps * s.sum()
-    inter, union = np.sum(s * p * y) + e / 2, np.sum(s * p) + np.sum(s * y) + e
-    dice = 2 * inter / union
-    d_dice_dp = s * (2 * y * union - 2 * inter) / union ** 2
+    inter, union, g, n_images = _dice_terms(p, y, s, groups, eps)
+    d_dice_dp = s * (2 * y * union[g] - 2 * inter[g]) / union[g] ** 2 / n_images
     r = -d_dice_dp * p * (1 - p)                    # d loss / d logit
     grad = np.append(z.T @ r + 2 * lam * theta[:-1], r.sum())
-    return 1.0 - dice + lam * theta[:-1] @ theta[:-1], grad
+    return 1.0 - float(np.mean(2 * inter / union)) + lam * theta[:-1] @ theta[:-1], grad
 
 
 def fit_logistic(z: np.ndarray, y: np.ndarray, s: np.ndarray, lam: float) -> np.ndarray:
@@ -106,9 +132,11 @@ def fit_logistic(z: np.ndarray, y: np.ndarray, s: np.ndarray, lam: float) -> np.
     return res.x
 
 
-def fit_dice(z: np.ndarray, y: np.ndarray, s: np.ndarray, lam: float, theta0: np.ndarray) -> tuple[np.ndarray, int]:
-    """(θ, iterations) minimising `dice_loss` from θ0 with scipy's `DICE_METHOD` (stops on the gradient norm)."""
-    res = optimize.minimize(dice_loss, theta0, args=(z, y, s, lam), jac=True, method=DICE_METHOD,
+def fit_dice(z: np.ndarray, y: np.ndarray, s: np.ndarray, lam: float, theta0: np.ndarray,
+             groups: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+    """(θ, iterations) minimising `dice_loss` (per-image mean over `groups`, or pooled) from θ0 with scipy's
+    `DICE_METHOD` (stops on the gradient norm)."""
+    res = optimize.minimize(dice_loss, theta0, args=(z, y, s, lam, groups), jac=True, method=DICE_METHOD,
                             options={"gtol": BFGS_GTOL, "ftol": 1e-15, "maxiter": BFGS_MAXITER})
     return res.x, int(res.nit)
 
@@ -142,6 +170,7 @@ class Solution:
     soft_dice_bfgs: float
     bfgs_iterations: int
     lambda_scores: dict = field(default_factory=dict)   # λ -> held-out hard Dice (logistic + BFGS)
+    dice_average: str = DEFAULT_DICE_AVERAGE             # "image" | "pooled": how every Dice here is averaged
 
     @property
     def theta(self) -> np.ndarray:
@@ -173,13 +202,17 @@ def single_threaded_blas():
 
 
 def solve(x: np.ndarray, y: np.ndarray, s: np.ndarray, groups: np.ndarray, lambdas=DEFAULT_LAMBDAS,
-          seed: int = 0) -> Solution:
-    """Steps 1–5 of the module docstring. x: (n, d) features, y: (n,) {0, 1}, s: (n,) > 0, groups: (n,) image ids."""
+          seed: int = 0, dice_average: str = DEFAULT_DICE_AVERAGE) -> Solution:
+    """Steps 1–5 of the module docstring. x: (n, d) features, y: (n,) {0, 1}, s: (n,) > 0, groups: (n,) image ids;
+    dice_average: "image" (mean of the support images' Dice) | "pooled" (one Dice over all support pixels)."""
+    if dice_average not in DICE_AVERAGES:
+        raise ValueError(f"dice_average must be one of {', '.join(DICE_AVERAGES)}, got {dice_average!r}")
     with single_threaded_blas():
-        return _solve(x, y, s, groups, lambdas, seed)
+        return _solve(x, y, s, groups, lambdas, seed, dice_average)
 
 
-def _solve(x: np.ndarray, y: np.ndarray, s: np.ndarray, groups: np.ndarray, lambdas, seed: int) -> Solution:
+def _solve(x: np.ndarray, y: np.ndarray, s: np.ndarray, groups: np.ndarray, lambdas, seed: int,
+           dice_average: str) -> Solution:
     y = np.asarray(y, np.float64)
     s = np.asarray(s, np.float64)
     if not (y > 0).any() or (y > 0).all():
@@ -187,6 +220,8 @@ def _solve(x: np.ndarray, y: np.ndarray, s: np.ndarray, groups: np.ndarray, lamb
     lambdas = sorted({float(v) for v in lambdas})
     if not lambdas or min(lambdas) < 0:
         raise ValueError(f"lambdas must be non-negative numbers, got {lambdas}")
+    groups = np.asarray(groups)
+    per = groups if dice_average == "image" else None   # the images over which Dice is averaged
     st = standardization(np.asarray(x, np.float64), s)
     z = st.apply(x)
     scores: dict[float, float] = {}
@@ -199,13 +234,14 @@ def _solve(x: np.ndarray, y: np.ndarray, s: np.ndarray, groups: np.ndarray, lamb
             if not (y[fit] > 0).any() or (y[fit] > 0).all():
                 scores[lam] = float("nan")
                 continue
-            theta, _ = fit_dice(z[fit], y[fit], s[fit], lam, fit_logistic(z[fit], y[fit], s[fit], lam))
-            scores[lam] = hard_dice(theta, z[val], y[val], s[val])
+            theta, _ = fit_dice(z[fit], y[fit], s[fit], lam, fit_logistic(z[fit], y[fit], s[fit], lam),
+                                None if per is None else per[fit])
+            scores[lam] = hard_dice(theta, z[val], y[val], s[val], None if per is None else per[val])
     finite = {k: v for k, v in scores.items() if np.isfinite(v)}
     lam = max(finite, key=lambda k: (finite[k], k)) if finite else lambdas[-1]
     theta_lr = fit_logistic(z, y, s, lam)
-    theta_bfgs, iterations = fit_dice(z, y, s, lam, theta_lr)
-    dice_lr, dice_bfgs = hard_dice(theta_lr, z, y, s), hard_dice(theta_bfgs, z, y, s)
+    theta_bfgs, iterations = fit_dice(z, y, s, lam, theta_lr, per)
+    dice_lr, dice_bfgs = hard_dice(theta_lr, z, y, s, per), hard_dice(theta_bfgs, z, y, s, per)
     return Solution(st, lam, theta_lr, theta_bfgs, "bfgs" if dice_bfgs >= dice_lr else "logistic", dice_lr,
-                    dice_bfgs, soft_dice(theta_lr, z, y, s), soft_dice(theta_bfgs, z, y, s), iterations,
-                    {float(k): float(v) for k, v in scores.items()})
+                    dice_bfgs, soft_dice(theta_lr, z, y, s, per), soft_dice(theta_bfgs, z, y, s, per), iterations,
+                    {float(k): float(v) for k, v in scores.items()}, dice_average)
