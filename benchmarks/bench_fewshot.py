@@ -234,7 +234,7 @@ def main(argv=None) -> int:
         for k in [k for k in shots if k <= len(train_rows)]:
             for draw in range(args.draws):
                 key = (target, k, draw)
-                todo = [(sfx, sig) for sfx, sig in variants if (*key, "bfgs" + sfx) not in done]
+                todo = [(sfx, over) for sfx, over in variants if (*key, "bfgs" + sfx) not in done]
                 scratch = not args.skip_scratch and (*key, "scratch") not in done
                 if not todo and not scratch:
                     continue

@@ -26,8 +26,8 @@ from ..models.layers import FILTER_TRUNCATE, filter_radius
 from ..models.metadata import describe
 from ..predict.options import DEFAULT_NORM, run_normalization
 from .extractors import build_adapted_model, common_input_shape, load_extractors, set_head
-from .solver import (BFGS_GTOL, DEFAULT_DICE_AVERAGE, DEFAULT_LAMBDAS, DICE_AVERAGES, DICE_METHOD,
-                     LOGISTIC_MAXITER, Solution, solve)
+from .solver import (BFGS_GTOL, DEFAULT_DICE_AVERAGE, DEFAULT_LAMBDAS, DICE_METHOD, LOGISTIC_MAXITER, Solution,
+                     check_dice_average, solve)
 from .support import default_max_tiles, draw_support, load_support, sample_support, tile_size
 
 DEFAULT_MAX_PIXELS = 40_000
@@ -86,8 +86,7 @@ class AdaptConfig:
             raise ValueError("batch_size must be >= 1 and tile_size >= 16")
         if self.filter_sigmas and min(self.filter_sigmas) <= 0:
             raise ValueError(f"filter sigmas must be positive, got {self.filter_sigmas}")
-        if self.dice_average not in DICE_AVERAGES:
-            raise ValueError(f"dice_average must be one of {', '.join(DICE_AVERAGES)}, got {self.dice_average!r}")
+        check_dice_average(self.dice_average)
         return self
 
     def normalization(self, extractor_paths: list[str]) -> tuple[float, float]:

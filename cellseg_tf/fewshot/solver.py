@@ -201,12 +201,18 @@ def single_threaded_blas():
     return threadpool_limits(limits=1, user_api="blas")
 
 
+def check_dice_average(value: str) -> str:
+    """`value` if it names one of DICE_AVERAGES, else a ValueError listing them."""
+    if value not in DICE_AVERAGES:
+        raise ValueError(f"dice_average must be one of {', '.join(DICE_AVERAGES)}, got {value!r}")
+    return value
+
+
 def solve(x: np.ndarray, y: np.ndarray, s: np.ndarray, groups: np.ndarray, lambdas=DEFAULT_LAMBDAS,
           seed: int = 0, dice_average: str = DEFAULT_DICE_AVERAGE) -> Solution:
     """Steps 1–5 of the module docstring. x: (n, d) features, y: (n,) {0, 1}, s: (n,) > 0, groups: (n,) image ids;
     dice_average: "image" (mean of the support images' Dice) | "pooled" (one Dice over all support pixels)."""
-    if dice_average not in DICE_AVERAGES:
-        raise ValueError(f"dice_average must be one of {', '.join(DICE_AVERAGES)}, got {dice_average!r}")
+    check_dice_average(dice_average)
     with single_threaded_blas():
         return _solve(x, y, s, groups, lambdas, seed, dice_average)
 
@@ -220,8 +226,8 @@ def _solve(x: np.ndarray, y: np.ndarray, s: np.ndarray, groups: np.ndarray, lamb
     lambdas = sorted({float(v) for v in lambdas})
     if not lambdas or min(lambdas) < 0:
         raise ValueError(f"lambdas must be non-negative numbers, got {lambdas}")
-    groups = np.asarray(groups)
-    per = groups if dice_average == "image" else None   # the images over which Dice is averaged
+    # the images over which Dice is averaged: the support images, or all pixels as one
+    per = np.asarray(groups) if dice_average == "image" else np.zeros(len(y), np.int64)
     st = standardization(np.asarray(x, np.float64), s)
     z = st.apply(x)
     scores: dict[float, float] = {}
@@ -234,9 +240,8 @@ def _solve(x: np.ndarray, y: np.ndarray, s: np.ndarray, groups: np.ndarray, lamb
             if not (y[fit] > 0).any() or (y[fit] > 0).all():
                 scores[lam] = float("nan")
                 continue
-            theta, _ = fit_dice(z[fit], y[fit], s[fit], lam, fit_logistic(z[fit], y[fit], s[fit], lam),
-                                None if per is None else per[fit])
-            scores[lam] = hard_dice(theta, z[val], y[val], s[val], None if per is None else per[val])
+            theta, _ = fit_dice(z[fit], y[fit], s[fit], lam, fit_logistic(z[fit], y[fit], s[fit], lam), per[fit])
+            scores[lam] = hard_dice(theta, z[val], y[val], s[val], per[val])
     finite = {k: v for k, v in scores.items() if np.isfinite(v)}
     lam = max(finite, key=lambda k: (finite[k], k)) if finite else lambdas[-1]
     theta_lr = fit_logistic(z, y, s, lam)
