@@ -2,13 +2,15 @@
 
 For every target set T (a set with train and test rows):
   * extractors: one model (`--extractor-model`, default the paper's `msd`) per OTHER set, trained on that set's
-    train rows for `--extractor-minutes` (each set's extractor is trained once per run and reused for every target);
+    train rows for `--extractor-minutes` (each set's extractor is trained once per run and reused for every target),
+    and the OTHER sets' full-training U-Nets of reference (b) (checkpoints of the same run, reused; every target's
+    reference is trained before any adaptation; `--no-full-extractors`: the MSDs only);
   * few-shot: for K in `--shots` (1, 3, 5, 10; K <= T's train rows) and `--draws` seeded draws of K support images
     from T's train split, `cellseg_tf.fewshot.adapt` on the other sets' extractors; the test split is predicted with
     the logistic-regression weights and with the BFGS-on-Dice weights (reported separately) through the package's
     ordinary predictor and scored with its evaluation;
   * reference (a): a U-Net (package defaults) trained from scratch on the same K images for the wall-clock time
-    that adaptation took;
+    that adaptation (with the default extractors and options) took;
   * reference (b): the package's full training (U-Net, defaults) on all of T's train rows for `--minutes`.
 Dice is the mean over T's test images per draw; tables give the median and quartiles over draws, and adaptation
 seconds. Rows go to OUT/results.csv, the table to OUT/summary.csv; the last lines check the goals (5 shots >= 80 %
@@ -23,7 +25,8 @@ kept); K is run in the order given by --shots (e.g. 5,1,3,10 measures the goal's
 --filter-sigmas none --compare-filters 1,2,4,8 adapts every draw without and again with the image's own
 Gaussian-derivative filter responses added to the extractors' features (methods logistic_filters, bfgs_filters; the
 filters are on by default); --compare-pooled-dice adapts every draw again with the BFGS step's Dice pooled over all
-support pixels (methods logistic_pooled, bfgs_pooled; the default averages each support image's Dice); --val-rows N
+support pixels (methods logistic_pooled, bfgs_pooled; the default averages each support image's Dice);
+--compare-msd-only adapts every draw again on the MSD extractors alone (methods logistic_msd, bfgs_msd); --val-rows N
 also scores every adapted model on N train rows outside its support set (val_dice), the split on which a default
 may be chosen.
 
@@ -165,6 +168,12 @@ def main(argv=None) -> int:
     ap.add_argument("--compare-pooled-dice", action="store_true",
                     help="also adapt every draw with the BFGS step's Dice pooled over all support pixels instead "
                          "of averaged per support image (methods logistic_pooled, bfgs_pooled)")
+    ap.add_argument("--no-full-extractors", action="store_true",
+                    help="adapt on the --extractor-model extractors only, without the other sets' full-training "
+                         "U-Nets")
+    ap.add_argument("--compare-msd-only", action="store_true",
+                    help="also adapt every draw on the --extractor-model extractors alone (methods logistic_msd, "
+                         "bfgs_msd), in the same run")
     ap.add_argument("--val-rows", type=int, default=0,
                     help="also score every adapted model on up to this many of the target's train rows outside "
                          "the support set (val_dice: for choosing defaults without the test split)")
@@ -196,10 +205,12 @@ def main(argv=None) -> int:
         variants.append(("_filters", {"filter_sigmas": args.compare_filters}))
     if args.compare_pooled_dice:
         variants.append(("_pooled", {"dice_average": "pooled"}))
+    if args.compare_msd_only:
+        variants.append(("_msd", {"full_extractors": False}))
 
     t_start = time.perf_counter()
     extractors: dict[str, Path] = {}
-    results, skipped = [], []
+    results = []
     if args.resume:
         extractors = {p.parent.name: p for p in sorted((out / "extractors").glob("*/best.keras"))
                       if p.parent.name in sets}
@@ -209,28 +220,40 @@ def main(argv=None) -> int:
               flush=True)
     done = {(r["target"], int(r["shots"]), int(r["draw"]), r["method"]): r for r in results}
     full_done = {r["target"]: r for r in results if r["method"] == "full"}
-    for target in targets:
-        train_rows, test = select(samples[target], "train"), [s for s in select(samples[target], "test") if s.mask]
-        if not train_rows or not test:
-            skipped.append(f"{target}: {len(train_rows)} train / {len(test)} test rows, needs both")
+
+    def splits(name: str) -> tuple[list, list]:
+        return select(samples[name], "train"), [s for s in select(samples[name], "test") if s.mask]
+
+    runnable = [t for t in targets if all(splits(t))]
+    skipped = [f"{t}: {len(splits(t)[0])} train / {len(splits(t)[1])} test rows, needs both" for t in targets
+               if t not in runnable]
+    referenced = runnable if args.no_full_extractors else [s for s in sets if all(splits(s))]
+    full_models = {}
+    for target in referenced:       # reference (b) of every set first: they are extractors for the other targets
+        train_rows, test = splits(target)
+        kept = out / "full" / target / "best.keras"
+        if target in full_done and kept.is_file():
+            full_models[target] = kept
+            print(f"{target}: full training {full_done[target]['dice']:.4f} (kept from the interrupted run)")
             continue
+        full_models[target] = train_model(sets[target], out / "full" / target, "unet", args.minutes * 60, args,
+                                          samples[target])
+        results = [r for r in results if not (r["target"] == target and r["method"] == "full")]
+        results.append({"target": target, "shots": len(train_rows), "draw": -1, "seed": -1, "method": "full",
+                        "dice": test_dice(full_models[target], test, out / "pred" / target / "full"),
+                        "seconds": args.minutes * 60})
+        print(f"{target}: full training {results[-1]['dice']:.4f}", flush=True)
+        write_text_atomic(out / "results.csv", pd.DataFrame(results).to_csv(index=False))
+    for target in runnable:
+        train_rows, test = splits(target)
         for source in sets:                                       # extractors of the other sets, trained once
             if source != target and source not in extractors:
                 t = time.perf_counter()
                 extractors[source] = train_model(sets[source], out / "extractors" / source, args.extractor_model,
                                                  ext_minutes * 60, args, samples[source], **ext_options)
                 print(f"extractor {args.extractor_model} on {source}: {time.perf_counter() - t:.0f} s", flush=True)
-        sources = [str(extractors[s]) for s in sets if s != target]
-        if target in full_done:
-            print(f"{target}: full training {full_done[target]['dice']:.4f} (kept from the interrupted run)")
-        else:
-            full = train_model(sets[target], out / "full" / target, "unet", args.minutes * 60, args,
-                               samples[target])
-            results.append({"target": target, "shots": len(train_rows), "draw": -1, "seed": -1, "method": "full",
-                            "dice": test_dice(full, test, out / "pred" / target / "full"),
-                            "seconds": args.minutes * 60})
-            print(f"{target}: full training {results[-1]['dice']:.4f}", flush=True)
-            write_text_atomic(out / "results.csv", pd.DataFrame(results).to_csv(index=False))
+        own = [str(extractors[s]) for s in sets if s != target]          # extractors by "full_extractors"
+        sources = {False: own, True: own + [str(full_models[s]) for s in full_models if s != target]}
         for k in [k for k in shots if k <= len(train_rows)]:
             for draw in range(args.draws):
                 key = (target, k, draw)
@@ -244,9 +267,11 @@ def main(argv=None) -> int:
                 held = held_out_rows(train_rows, support, args.val_rows, seed)
                 line = f"{target} K={k} seed={seed}:"
                 for suffix, overrides in todo:
-                    config = AdaptConfig(extractors=sources, support=str(sets[target]), shots=k, seed=seed,
-                                         out=str(out / "adapted" / target / f"{tag}{suffix}.keras"), verbose=0,
-                                         **overrides)
+                    overrides = dict(overrides)
+                    full_extractors = overrides.pop("full_extractors", not args.no_full_extractors)
+                    config = AdaptConfig(extractors=sources[full_extractors], support=str(sets[target]), shots=k,
+                                         seed=seed, out=str(out / "adapted" / target / f"{tag}{suffix}.keras"),
+                                         verbose=0, **overrides)
                     if args.max_pixels:
                         config.max_pixels = args.max_pixels
                     result = adapt(config)
@@ -263,8 +288,8 @@ def main(argv=None) -> int:
                         done[(*key, method + suffix)] = results[-1]
                         line += f" {method + suffix} {dice:.4f}" + (f" (val {val:.4f})" if held else "")
                     line += f" [{row['seconds']:.1f} s, lambda {result.report['lambda']:g}]"
-                if scratch:      # the same seconds as the last variant's adaptation took
-                    row = {k_: v for k_, v in done[(*key, "bfgs" + variants[-1][0])].items()
+                if scratch:      # the same seconds as the default variant's adaptation took
+                    row = {k_: v for k_, v in done[(*key, "bfgs" + variants[0][0])].items()
                            if k_ in ("target", "shots", "draw", "seed", "seconds")}
                     manifest = support_manifest(support, out / "scratch" / target / tag / "manifest.csv")
                     model = train_model(manifest, out / "scratch" / target / tag / "run", "unet", row["seconds"],
