@@ -200,13 +200,15 @@ def main(argv=None) -> int:
         if name not in sets:
             raise SystemExit(f"unknown target {name!r}; sets: {', '.join(sets)}")
     ext_options = {"depth": args.extractor_depth} if args.extractor_depth else {}
-    variants = [("", {} if args.filter_sigmas is None else {"filter_sigmas": args.filter_sigmas})]
+    # (method suffix, AdaptConfig overrides, with the other sets' full-training U-Nets among the extractors)
+    full = not args.no_full_extractors
+    variants = [("", {} if args.filter_sigmas is None else {"filter_sigmas": args.filter_sigmas}, full)]
     if args.compare_filters:
-        variants.append(("_filters", {"filter_sigmas": args.compare_filters}))
+        variants.append(("_filters", {"filter_sigmas": args.compare_filters}, full))
     if args.compare_pooled_dice:
-        variants.append(("_pooled", {"dice_average": "pooled"}))
+        variants.append(("_pooled", {"dice_average": "pooled"}, full))
     if args.compare_msd_only:
-        variants.append(("_msd", {"full_extractors": False}))
+        variants.append(("_msd", {}, False))
 
     t_start = time.perf_counter()
     extractors: dict[str, Path] = {}
@@ -221,16 +223,15 @@ def main(argv=None) -> int:
     done = {(r["target"], int(r["shots"]), int(r["draw"]), r["method"]): r for r in results}
     full_done = {r["target"]: r for r in results if r["method"] == "full"}
 
-    def splits(name: str) -> tuple[list, list]:
-        return select(samples[name], "train"), [s for s in select(samples[name], "test") if s.mask]
-
-    runnable = [t for t in targets if all(splits(t))]
-    skipped = [f"{t}: {len(splits(t)[0])} train / {len(splits(t)[1])} test rows, needs both" for t in targets
+    splits = {name: (select(rows, "train"), [s for s in select(rows, "test") if s.mask])   # (train, test) rows
+              for name, rows in samples.items()}
+    runnable = [t for t in targets if all(splits[t])]
+    skipped = [f"{t}: {len(splits[t][0])} train / {len(splits[t][1])} test rows, needs both" for t in targets
                if t not in runnable]
-    referenced = runnable if args.no_full_extractors else [s for s in sets if all(splits(s))]
+    referenced = runnable if args.no_full_extractors else [s for s in sets if all(splits[s])]
     full_models = {}
     for target in referenced:       # reference (b) of every set first: they are extractors for the other targets
-        train_rows, test = splits(target)
+        train_rows, test = splits[target]
         kept = out / "full" / target / "best.keras"
         if target in full_done and kept.is_file():
             full_models[target] = kept
@@ -245,19 +246,19 @@ def main(argv=None) -> int:
         print(f"{target}: full training {results[-1]['dice']:.4f}", flush=True)
         write_text_atomic(out / "results.csv", pd.DataFrame(results).to_csv(index=False))
     for target in runnable:
-        train_rows, test = splits(target)
+        train_rows, test = splits[target]
         for source in sets:                                       # extractors of the other sets, trained once
             if source != target and source not in extractors:
                 t = time.perf_counter()
                 extractors[source] = train_model(sets[source], out / "extractors" / source, args.extractor_model,
                                                  ext_minutes * 60, args, samples[source], **ext_options)
                 print(f"extractor {args.extractor_model} on {source}: {time.perf_counter() - t:.0f} s", flush=True)
-        own = [str(extractors[s]) for s in sets if s != target]          # extractors by "full_extractors"
+        own = [str(extractors[s]) for s in sets if s != target]          # extractors, by "with full U-Nets"
         sources = {False: own, True: own + [str(full_models[s]) for s in full_models if s != target]}
         for k in [k for k in shots if k <= len(train_rows)]:
             for draw in range(args.draws):
                 key = (target, k, draw)
-                todo = [(sfx, over) for sfx, over in variants if (*key, "bfgs" + sfx) not in done]
+                todo = [v for v in variants if (*key, "bfgs" + v[0]) not in done]
                 scratch = not args.skip_scratch and (*key, "scratch") not in done
                 if not todo and not scratch:
                     continue
@@ -266,10 +267,8 @@ def main(argv=None) -> int:
                 support, _ = draw_support(sets[target], k, seed)            # the rows adapt() uses
                 held = held_out_rows(train_rows, support, args.val_rows, seed)
                 line = f"{target} K={k} seed={seed}:"
-                for suffix, overrides in todo:
-                    overrides = dict(overrides)
-                    full_extractors = overrides.pop("full_extractors", not args.no_full_extractors)
-                    config = AdaptConfig(extractors=sources[full_extractors], support=str(sets[target]), shots=k,
+                for suffix, overrides, with_full in todo:
+                    config = AdaptConfig(extractors=sources[with_full], support=str(sets[target]), shots=k,
                                          seed=seed, out=str(out / "adapted" / target / f"{tag}{suffix}.keras"),
                                          verbose=0, **overrides)
                     if args.max_pixels:
