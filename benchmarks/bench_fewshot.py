@@ -26,6 +26,8 @@ kept); K is run in the order given by --shots (e.g. 5,1,3,10 measures the goal's
 Gaussian-derivative filter responses added to the extractors' features (methods logistic_filters, bfgs_filters; the
 filters are on by default); --compare-pooled-dice adapts every draw again with the BFGS step's Dice pooled over all
 support pixels (methods logistic_pooled, bfgs_pooled; the default averages each support image's Dice);
+--feature-levels N sets the map levels per extractor of the default variant (AdaptConfig.feature_levels);
+--compare-feature-levels N adapts every draw again with N levels (methods logistic_levelsN, bfgs_levelsN);
 --compare-msd-only adapts every draw again on the MSD extractors alone (methods logistic_msd, bfgs_msd); --val-rows N
 also scores every adapted model on N train rows outside its support set (val_dice), the split on which a default
 may be chosen.
@@ -168,6 +170,11 @@ def main(argv=None) -> int:
     ap.add_argument("--compare-pooled-dice", action="store_true",
                     help="also adapt every draw with the BFGS step's Dice pooled over all support pixels instead "
                          "of averaged per support image (methods logistic_pooled, bfgs_pooled)")
+    ap.add_argument("--feature-levels", type=int, default=None, metavar="N",
+                    help="map levels per extractor for the default variant (default: the package's)")
+    ap.add_argument("--compare-feature-levels", type=int, default=None, metavar="N",
+                    help="also adapt every draw with N map levels per extractor (methods logistic_levelsN, "
+                         "bfgs_levelsN), in the same run")
     ap.add_argument("--no-full-extractors", action="store_true",
                     help="adapt on the --extractor-model extractors only, without the other sets' full-training "
                          "U-Nets")
@@ -202,11 +209,17 @@ def main(argv=None) -> int:
     ext_options = {"depth": args.extractor_depth} if args.extractor_depth else {}
     # (method suffix, AdaptConfig overrides, with the other sets' full-training U-Nets among the extractors)
     full = not args.no_full_extractors
-    variants = [("", {} if args.filter_sigmas is None else {"filter_sigmas": args.filter_sigmas}, full)]
+    base = {} if args.filter_sigmas is None else {"filter_sigmas": args.filter_sigmas}
+    if args.feature_levels is not None:
+        base["feature_levels"] = args.feature_levels
+    variants = [("", base, full)]
     if args.compare_filters:
         variants.append(("_filters", {"filter_sigmas": args.compare_filters}, full))
     if args.compare_pooled_dice:
         variants.append(("_pooled", {"dice_average": "pooled"}, full))
+    if args.compare_feature_levels is not None:
+        variants.append((f"_levels{args.compare_feature_levels}",
+                         {**base, "feature_levels": args.compare_feature_levels}, full))
     if args.compare_msd_only:
         variants.append(("_msd", {}, False))
 

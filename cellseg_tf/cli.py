@@ -182,6 +182,8 @@ def cmd_adapt(args) -> int:
         config.max_pixels = args.max_pixels
     if args.filter_sigmas is not None:
         config.filter_sigmas = args.filter_sigmas
+    if args.feature_levels is not None:
+        config.feature_levels = args.feature_levels
     if args.dice_average:
         config.dice_average = args.dice_average
     result = adapt(config)

@@ -183,6 +183,9 @@ def build_parser(handlers: Mapping[str, Callable[[argparse.Namespace], int]] | N
     p.add_argument("--filter-sigmas", type=float_list, default=None, metavar="S1,S2,...",
                    help="also use the image's Gaussian-derivative filter responses at these scales in px "
                         "(e.g. 1,2,4,8); 'none' = extractor features only (default: the package's)")
+    p.add_argument("--feature-levels", type=int, default=None, metavar="N",
+                   help="map levels per extractor: 1 = its last block's features; N > 1 adds its N-1 next coarser "
+                        "maps (a U-Net's decoder blocks) upsampled to full resolution (default: the package's)")
     p.add_argument("--dice-average", default=None, metavar="image|pooled",
                    help="Dice of the BFGS step: mean of the support images' Dice (image, default) or one Dice "
                         "over all their pixels (pooled)")

@@ -160,20 +160,23 @@ def test_bench_fewshot_leaves_one_dataset_out_and_prints_the_goals(tmp_path, cap
                                         "--minutes", "0.02", "--shots", "2,1", "--draws", "1",
                                         "--extractor-depth", "3", "--skip-scratch", "--resume",
                                         "--compare-filters", "1,2", "--compare-pooled-dice", "--compare-msd-only",
-                                        "--val-rows", "1"]) == 0
+                                        "--compare-feature-levels", "2", "--val-rows", "1"]) == 0
     assert [p.stat().st_mtime_ns for p in extractors] == stamps
     resumed = pd.read_csv(tmp_path / "out" / "results.csv")
     key = ["target", "shots", "draw", "method"]
     pd.testing.assert_frame_equal(resumed.iloc[:len(results)].reset_index(drop=True), results)  # kept as they were
     new = resumed.iloc[len(results):]
     assert not resumed.duplicated(key).any() and new.val_dice.between(0, 1).all()    # held-out train rows scored
-    compared = {"logistic_filters", "bfgs_filters", "logistic_pooled", "bfgs_pooled", "logistic_msd", "bfgs_msd"}
+    compared = {"logistic_filters", "bfgs_filters", "logistic_pooled", "bfgs_pooled", "logistic_msd", "bfgs_msd",
+                "logistic_levels2", "bfgs_levels2"}
     assert set(new[new.shots == 1].method) == compared                              # only the new variants at K=1
     assert set(new[new.shots == 2].method) == {"logistic", "bfgs"} | compared
     printed = capsys.readouterr().out
     assert "goal BFGS >= logistic (bfgs_filters)" in printed and "goal BFGS >= logistic (bfgs_pooled)" in printed
     msd_only = yaml.safe_load((tmp_path / "out" / "adapted" / "set_a" / "k1_s0_msd_adaptation.yaml").read_text())
     assert [e["path"] for e in msd_only["extractors"]] == [report["extractors"][0]["path"]]
+    levels = yaml.safe_load((tmp_path / "out" / "adapted" / "set_a" / "k1_s0_levels2_adaptation.yaml").read_text())
+    assert [e["strides"] for e in levels["extractors"]] == [[1], [1, 2]]     # the MSD has no coarser maps
 
 
 # ---------------------------------------------------------------------------------------- bench_real

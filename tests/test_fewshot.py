@@ -54,6 +54,34 @@ def test_features_are_the_input_of_the_final_1x1_conv():
     assert feature_tensor(old) is f
 
 
+def test_feature_levels_add_the_decoder_blocks_upsampled_to_full_resolution():
+    from cellseg_tf.fewshot.extractors import as_extractor, coarser_maps
+
+    unet = build_model("unet", input_shape=(None, None, 1), base_filters=4, depth=3)
+    maps = coarser_maps(unet, feature_tensor(unet), 9)          # asks for more levels than the U-Net has
+    expected = [("dec1_b_relu", 2), ("dec2_b_relu", 4), ("bottleneck_b_relu", 8)]
+    assert [s for _, s in maps] == [s for _, s in expected]
+    assert all(t is unet.get_layer(name).output for (t, _), (name, _) in zip(maps, expected))
+    fixed = build_model("unet", input_shape=(48, 48, 1), base_filters=4, depth=3)   # static shapes, same answer
+    assert [s for _, s in coarser_maps(fixed, feature_tensor(fixed), 3)] == [2, 4]
+
+    ex = as_extractor(unet, levels=3)
+    assert ex.strides == [1, 2, 4] and ex.n_features == 4 + 8 + 16
+    x = np.random.default_rng(0).random((1, 32, 40, 1)).astype("float32")
+    got = np.asarray(keras.Model(unet.inputs[0], ex.features)(x))
+    assert got.shape == (1, 32, 40, 28)
+    parts = keras.Model(unet.inputs[0], [unet.get_layer(n).output for n in ("dec0_b_relu", "dec1_b_relu")])(x)
+    np.testing.assert_allclose(got[..., :4], np.asarray(parts[0]), atol=1e-6)
+    up = keras.layers.UpSampling2D(2, interpolation="bilinear")(parts[1])
+    np.testing.assert_allclose(got[..., 4:12], np.asarray(up), atol=1e-6)
+    assert as_extractor(unet).n_features == 4                   # 1 level: the last block only (the paper's)
+
+    msd = build_model("msd", input_shape=(None, None, 1), depth=3)   # all maps at full resolution: nothing coarser
+    assert as_extractor(msd, levels=3).strides == [1]
+    with pytest.raises(ValueError, match="feature levels must be >= 1"):
+        as_extractor(unet, levels=0)
+
+
 def test_a_model_without_a_1x1_classifier_is_not_an_extractor():
     x = keras.Input((16, 16, 1))
     classifier = keras.Model(x, keras.layers.Dense(2)(keras.layers.Flatten()(x)))
@@ -223,6 +251,22 @@ def test_adaptation_with_image_filters_adds_their_features_and_round_trips(fs, t
     assert not (tmp_path / "big.keras").exists() and not (tmp_path / "neg.keras").exists()
 
 
+def test_adaptation_with_feature_levels_reads_the_coarser_maps_and_round_trips(fs, tmp_path):
+    out = tmp_path / "levels.keras"
+    result = adapt(_config(fs, out, feature_levels=2, filter_sigmas=[]))
+    report = result.report
+    assert [e["strides"] for e in report["extractors"]] == [[1, 2], [1]]   # the U-Net's decoder at stride 2; MSD
+    assert [e["features"] for e in report["extractors"]] == [4 + 8, 5] and report["sampled"]["features"] == 17
+    assert report["config"]["feature_levels"] == 2
+    loaded = keras.models.load_model(out, safe_mode=True)
+    assert len(loaded.trainable_weights) == 2 and head_weights(loaded)[0].shape == (17,)
+    x = np.random.default_rng(2).random((1, 48, 48, 1)).astype("float32")
+    np.testing.assert_array_equal(np.asarray(loaded(x)), np.asarray(result.model(x)))
+    with pytest.raises(ValueError, match="feature_levels must be >= 1"):
+        adapt(_config(fs, tmp_path / "zero.keras", feature_levels=0))
+    assert not (tmp_path / "zero.keras").exists()
+
+
 # ------------------------------------------------------------------------------------------- adapted model
 def test_adapted_model_round_trips_and_holds_the_solvers_weights(fs, tmp_path):
     out = tmp_path / "adapted.keras"
@@ -300,11 +344,14 @@ def test_cli_adapt_then_predict_and_evaluate_unchanged(fs, tmp_path, capsys):
     assert report_path(out).is_file()
     report = yaml.safe_load(report_path(out).read_text())
     assert report["image_filters"]["sigmas"] == list(DEFAULT_FILTER_SIGMAS) and report["dice_average"] == "image"
+    assert report["config"]["feature_levels"] == 1
     filtered = tmp_path / "new" / "filtered.keras"
-    assert main(["adapt", "--extractor", fs.extractors[1], "--support", str(fs.manifest), "--shots", "2",
-                 "--out", str(filtered), "--filter-sigmas", "1,3", "--dice-average", "pooled", "--quiet"]) == 0
+    assert main(["adapt", "--extractor", fs.extractors[0], "--support", str(fs.manifest), "--shots", "2",
+                 "--out", str(filtered), "--filter-sigmas", "1,3", "--dice-average", "pooled",
+                 "--feature-levels", "2", "--quiet"]) == 0
     report = yaml.safe_load(report_path(filtered).read_text())
     assert report["image_filters"] == {"sigmas": [1.0, 3.0], "features": 11} and report["dice_average"] == "pooled"
+    assert report["extractors"][0]["strides"] == [1, 2]
     assert main(["adapt", "--extractor", fs.extractors[1], "--support", str(fs.manifest), "--out",
                  str(tmp_path / "bad" / "a.keras"), "--dice-average", "mean", "--quiet"]) == 2
     assert "dice_average must be one of image, pooled" in capsys.readouterr().err

@@ -32,6 +32,7 @@ from .support import default_max_tiles, draw_support, load_support, sample_suppo
 
 DEFAULT_MAX_PIXELS = 40_000
 DEFAULT_FILTER_SIGMAS = (1.0, 2.0, 4.0, 8.0)    # image filter scales, chosen on validation rows (docs/FEWSHOT.md)
+DEFAULT_FEATURE_LEVELS = 1                       # the extractors' last block only (the paper's features)
 
 
 @dataclass
@@ -46,6 +47,9 @@ class AdaptConfig:
     tile_size: feature tile side for extractors that accept any size (None: automatic, see `support.tile_size`).
     filter_sigmas: scales (px) of the image's own Gaussian-derivative filter responses added to the extractors'
     features (`models.layers.ImageFilters`); empty: extractor features only.
+    feature_levels: map levels per extractor: 1 = the features of its last block (the input of its final 1×1
+    classifier); n > 1 adds its maps of the next n − 1 coarser strides (2, 4, ...: a U-Net's decoder blocks)
+    upsampled to full resolution (`extractors.coarser_maps`, hypercolumns after Hariharan 2015; an MSD has none).
     dice_average: the BFGS step's Dice, "image" (mean of the support images' Dice, as evaluation averages) or
     "pooled" (one Dice over all support pixels); see `solver`.
     """
@@ -63,6 +67,7 @@ class AdaptConfig:
     norm_high: float | None = None
     tile_size: int | None = None
     filter_sigmas: list[float] = field(default_factory=lambda: list(DEFAULT_FILTER_SIGMAS))
+    feature_levels: int = DEFAULT_FEATURE_LEVELS
     dice_average: str = DEFAULT_DICE_AVERAGE
     batch_size: int = 4
     verbose: int = 1
@@ -86,6 +91,8 @@ class AdaptConfig:
             raise ValueError("batch_size must be >= 1 and tile_size >= 16")
         if self.filter_sigmas and min(self.filter_sigmas) <= 0:
             raise ValueError(f"filter sigmas must be positive, got {self.filter_sigmas}")
+        if self.feature_levels < 1:
+            raise ValueError(f"feature_levels must be >= 1, got {self.feature_levels}")
         check_dice_average(self.dice_average)
         return self
 
@@ -129,7 +136,7 @@ def adapt(config: AdaptConfig, *, save: bool = True) -> AdaptResult:
     config.validate()
     t0 = time.perf_counter()
     paths = [str(p) for p in config.extractors]
-    extractors = load_extractors(paths)
+    extractors = load_extractors(paths, config.feature_levels)
     input_shape = common_input_shape(extractors)
     low, high = config.normalization(paths)
     samples, available = draw_support(config.support, config.shots, config.seed)
@@ -157,7 +164,8 @@ def adapt(config: AdaptConfig, *, save: bool = True) -> AdaptResult:
     out = Path(config.out)
     report = {
         "model": out.name,
-        "extractors": [{"path": ex.path, "name": ex.name, "features": ex.n_features} for ex in extractors],
+        "extractors": [{"path": ex.path, "name": ex.name, "features": ex.n_features, "strides": ex.strides}
+                       for ex in extractors],
         "image_filters": {"sigmas": sigmas, "features": int(pixels.x.shape[1]) - sum(ex.n_features
                                                                                   for ex in extractors)},
         "support": str(config.support),

@@ -4,7 +4,9 @@ Any segmentation model of the package is a feature extractor: its features are t
 convolution (the classifier) that produces its output — the U-Net's last decoder block, an encoder U-Net's last
 decoder block, all maps of an MSD network. `feature_tensor` finds that convolution by walking back from the model's
 output through single-input layers (the sigmoid / `TargetHead`), so it works for models saved before or after the
-zoo's registered head existed.
+zoo's registered head existed. With `levels` > 1 the coarser maps those features were computed from are added,
+upsampled to full resolution (`coarser_maps`: a U-Net's decoder block outputs at strides 2, 4, ...), so the
+perceptron also sees the network's wider-context features, not only its last block's.
 
 The adapted model is an ordinary `.keras` model:
     image (B, H, W, C) -> [frozen extractor 0 features | extractor 1 features | ... | image filters] (B, H, W, d)
@@ -15,7 +17,8 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -23,17 +26,20 @@ import numpy as np
 HEAD = "fewshot"          # the head's layers: fewshot_logits (the 1×1 conv), fewshot_sigmoid (TargetHead)
 FILTERS = "image_filters"  # the layer of the image's own filter responses (optional)
 MAX_TRAILING_LAYERS = 4   # single-input layers allowed between the classifier conv and the output
+PROBE_SIZE = 256          # input side used to infer map strides of a model saved without a fixed input size
 
 
 @dataclass
 class Extractor:
-    """A loaded model and its feature tensor. input_shape: (H | None, W | None, C); n_features: d of its maps."""
+    """A loaded model and its feature tensor. input_shape: (H | None, W | None, C); n_features: d of its maps;
+    strides: the stride of each map level in the features (1 = the last block's; 2, 4, ...: coarser maps added)."""
 
     path: str
     model: object
     features: object
     input_shape: tuple
     n_features: int
+    strides: list = field(default_factory=lambda: [1])
 
     @property
     def name(self) -> str:
@@ -67,8 +73,65 @@ def feature_tensor(model, path: str | os.PathLike = "<model>"):
                      "before its output, so there are no features to recombine")
 
 
-def as_extractor(model, path: str | os.PathLike = "<model>") -> Extractor:
-    """Wrap a (loaded) model: find its features and check they have the input's spatial size."""
+def _ancestors(tensor) -> list:
+    """The tensors `tensor` was computed from, nearest first (breadth-first over the functional graph)."""
+    seen, order, queue = {id(tensor)}, [], deque([tensor])
+    while queue:
+        history = getattr(queue.popleft(), "_keras_history", None)
+        if history is None:
+            continue
+        for parent in history.operation._inbound_nodes[history.node_index].input_tensors:
+            if id(parent) not in seen:
+                seen.add(id(parent))
+                order.append(parent)
+                queue.append(parent)
+    return order
+
+
+def _map_strides(model, tensors: list) -> list[int | None]:
+    """Stride of each (B, h, w, c) tensor relative to the model's input (None: not an integer stride). Static shapes
+    when the model has a fixed input size, else shapes inferred symbolically for a PROBE_SIZE² input (no compute)."""
+    import keras
+
+    if not tensors:
+        return []
+    size = model.inputs[0].shape[1]
+    shapes = [t.shape for t in tensors]
+    if size is None or any(s[1] is None for s in shapes):
+        size = PROBE_SIZE
+        probe = keras.Model(model.inputs[0], tensors)
+        spec = probe.compute_output_spec(keras.KerasTensor((1, size, size, model.inputs[0].shape[-1])))
+        shapes = [t.shape for t in (spec if isinstance(spec, (list, tuple)) else [spec])]
+    return [size // s[1] if s[1] and size % s[1] == 0 else None for s in shapes]
+
+
+def coarser_maps(model, features, levels: int) -> list[tuple[object, int]]:
+    """[(tensor, stride)] for strides 2, 4, ..., 2^(levels−1): per stride, the map of that stride nearest to
+    `features` in the graph — in a U-Net the decoder block that was upsampled into the next finer one (the encoder's
+    maps of that stride lie further back). Stops at the first stride the model does not have (an MSD has none)."""
+    if levels <= 1:
+        return []
+    candidates = [t for t in _ancestors(features) if len(t.shape) == 4
+                  and type(t._keras_history.operation).__name__ != "InputLayer"]
+    first: dict[int, object] = {}
+    for tensor, stride in zip(candidates, _map_strides(model, candidates)):
+        if stride and stride > 1 and stride not in first:
+            first[stride] = tensor
+    found = []
+    for level in range(1, levels):
+        if 2 ** level not in first:
+            break
+        found.append((first[2 ** level], 2 ** level))
+    return found
+
+
+def as_extractor(model, path: str | os.PathLike = "<model>", levels: int = 1) -> Extractor:
+    """Wrap a (loaded) model: find its features and check they have the input's spatial size. `levels` > 1 adds
+    the coarser maps of `coarser_maps`, each upsampled bilinearly to full resolution (as the decoder upsamples)."""
+    import keras
+
+    if levels < 1:
+        raise ValueError(f"feature levels must be >= 1, got {levels}")
     features = feature_tensor(model, path)
     shape = tuple(model.inputs[0].shape[1:])
     if len(shape) != 3:
@@ -77,16 +140,22 @@ def as_extractor(model, path: str | os.PathLike = "<model>") -> Extractor:
     if any(a is not None and b is not None and a != b for a, b in zip(in_hw, out_hw)):
         raise ValueError(f"{path}: its features are {out_hw[0]}×{out_hw[1]} for a {in_hw[0]}×{in_hw[1]} input; "
                          "few-shot adaptation needs full-resolution features")
-    return Extractor(str(path), model, features, shape, int(features.shape[-1]))
+    coarse = coarser_maps(model, features, levels)
+    if coarse:
+        up = [keras.layers.UpSampling2D(stride, interpolation="bilinear", name=f"fewshot_up{stride}")(tensor)
+              for tensor, stride in coarse]
+        features = keras.layers.Concatenate(name="fewshot_levels")([features, *up])
+    return Extractor(str(path), model, features, shape, int(features.shape[-1]), [1] + [s for _, s in coarse])
 
 
-def load_extractors(paths: Sequence[str | os.PathLike]) -> list[Extractor]:
-    """Load `.keras` files (float32, safe mode) as extractors; errors name the file."""
+def load_extractors(paths: Sequence[str | os.PathLike], levels: int = 1) -> list[Extractor]:
+    """Load `.keras` files (float32, safe mode) as extractors (`levels`: see `as_extractor`); errors name the file."""
     from ..models.loading import load_models
 
     if not paths:
         raise ValueError("give at least one feature extractor (.keras)")
-    return [as_extractor(model, path) for path, model in zip(paths, load_models(list(paths), precision="float32"))]
+    return [as_extractor(model, path, levels)
+            for path, model in zip(paths, load_models(list(paths), precision="float32"))]
 
 
 def common_input_shape(extractors: Sequence[Extractor]) -> tuple:
