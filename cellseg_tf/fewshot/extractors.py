@@ -109,10 +109,12 @@ def coarser_maps(model, features, levels: int) -> list[tuple[object, int]]:
     """[(tensor, stride)] for strides 2, 4, ..., 2^(levels−1): per stride, the map of that stride nearest to
     `features` in the graph — in a U-Net the decoder block that was upsampled into the next finer one (the encoder's
     maps of that stride lie further back). Stops at the first stride the model does not have (an MSD has none)."""
+    import keras
+
     if levels <= 1:
         return []
     candidates = [t for t in _ancestors(features) if len(t.shape) == 4
-                  and type(t._keras_history.operation).__name__ != "InputLayer"]
+                  and not isinstance(t._keras_history.operation, keras.layers.InputLayer)]
     first: dict[int, object] = {}
     for tensor, stride in zip(candidates, _map_strides(model, candidates)):
         if stride and stride > 1 and stride not in first:
