@@ -39,7 +39,7 @@ def _train_config(args):
              "steps_per_epoch": args.steps_per_epoch, "time_budget_s": args.time_budget,
              "mixed_precision": args.mixed_precision, "verbose": args.verbose, "optimizer": args.optimizer,
              "schedule": args.schedule, "early_stopping_patience": args.patience, "strategy": args.strategy,
-             "freeze_encoder_epochs": args.freeze_encoder_epochs,
+             "freeze_encoder_epochs": args.freeze_encoder_epochs, "ema_momentum": args.ema_momentum,
              "checkpoint_every_epoch": True if args.checkpoint_every_epoch else None,
              "tensorboard": True if args.tensorboard else None}
     for key, value in flags.items():

@@ -36,6 +36,8 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float)
     p.add_argument("--optimizer", help="adam (default) | adamw | sgd")
     p.add_argument("--schedule", help="cosine (default) | constant | exponential | plateau (options: --set schedule_options=...)")
+    p.add_argument("--ema-momentum", type=float,
+                   help="validate and save the moving average of the weights with this momentum, e.g. 0.99 (0: off)")
     p.add_argument("--patience", type=int, help="early-stopping patience in epochs (0 disables)")
     p.add_argument("--checkpoint-every-epoch", action="store_true", help="also keep RUN/epochs/epoch_NNN.keras")
     p.add_argument("--tensorboard", action="store_true", help="write RUN/tensorboard/")

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cellseg_tf.training.callbacks import (BestCheckpoint, EpochCheckpoint, ResumableEarlyStopping,
+from cellseg_tf.training.callbacks import (AveragedWeights, BestCheckpoint, EpochCheckpoint, ResumableEarlyStopping,
                                   ResumableReduceLROnPlateau, TimeBudget)
 from cellseg_tf.training.engine import _truncate_history
 
@@ -99,3 +99,64 @@ def test_truncate_history_drops_rows_of_lost_epochs(tmp_path):
     _truncate_history(path, 2)
     df = pd.read_csv(path)
     assert df["epoch"].tolist() == [0, 1] and df["loss"].tolist() == [4.0, 3.0]
+
+
+class RecordRaw(keras.callbacks.Callback):
+    """Records the trained (raw) kernel after every step and the kernel each validation and epoch end sees."""
+
+    def __init__(self):
+        super().__init__()
+        self.raw, self.validated, self.at_epoch_end = [], [], []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.raw.append(self.model.get_layer("d").get_weights()[0].copy())
+
+    def on_test_begin(self, logs=None):
+        self.validated.append(self.model.get_layer("d").get_weights()[0].copy())
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.at_epoch_end.append(self.model.get_layer("d").get_weights()[0].copy())
+
+
+@pytest.mark.parametrize("stop_early", [False, True])
+def test_averaged_weights_are_validated_saved_and_kept_at_the_end(tmp_path, stop_early):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 2)).astype("float32")
+    y = (x @ np.array([[2.0], [-1.0]]) + 0.5).astype("float32")
+    inp = keras.Input((2,))
+    model = keras.Model(inp, keras.layers.Dense(1, name="d", kernel_initializer="zeros")(inp))
+    momentum = 0.8
+    model.compile(optimizer=keras.optimizers.SGD(0.1, use_ema=True, ema_momentum=momentum), loss="mse")
+    averaged, record, best = AveragedWeights(), RecordRaw(), BestCheckpoint(tmp_path / "best.keras", monitor="val_loss",
+                                                                             mode="min")
+
+    class StopAfterTwo(keras.callbacks.Callback):  # like the time budget: stop before the planned epochs end
+        def on_epoch_end(self, epoch, logs=None):
+            if stop_early and epoch == 1:
+                self.model.stop_training = True
+
+    model.fit(x, y, batch_size=16, epochs=3, validation_data=(x, y), verbose=0, shuffle=False,
+              callbacks=[averaged, best, record, StopAfterTwo()])
+    steps = 4
+    ema = record.raw[0]  # Keras starts the average at the first step's weights
+    expected = []
+    for i, raw in enumerate(record.raw[1:], start=2):
+        ema = momentum * ema + (1 - momentum) * raw
+        if i % steps == 0:
+            expected.append(ema.copy())
+    epochs = 2 if stop_early else 3
+    assert len(record.validated) == len(record.at_epoch_end) == epochs
+    for epoch in range(epochs):
+        np.testing.assert_allclose(record.validated[epoch], expected[epoch], rtol=1e-5)  # validation saw the average
+        np.testing.assert_allclose(record.at_epoch_end[epoch], expected[epoch], rtol=1e-5)  # so do the checkpoints
+        assert not np.allclose(expected[epoch], record.raw[(epoch + 1) * steps - 1])  # which is not the raw weights
+    # the model ends on the last epoch's average, not on the raw weights fit() would otherwise leave
+    np.testing.assert_allclose(model.get_layer("d").get_weights()[0], expected[epochs - 1], rtol=1e-5)
+    saved = keras.models.load_model(tmp_path / "best.keras", compile=False).get_layer("d").get_weights()[0]
+    assert any(np.allclose(saved, e, rtol=1e-5) for e in expected[:epochs])
+
+
+def test_averaged_weights_need_an_optimizer_with_an_average():
+    model = tiny_model()
+    with pytest.raises(ValueError, match="use_ema"):
+        model.fit(np.zeros((4, 2)), np.zeros((4, 1)), epochs=1, verbose=0, callbacks=[AveragedWeights()])

@@ -365,3 +365,36 @@ def test_label_masks_train_a_two_channel_distance_model_and_resume(label_manifes
     assert resumed.target == "distance" and len(resumed.history["loss"]) == 3
     with pytest.raises(ValueError, match="TrainConfig.target"):
         train(tiny_config(label_manifest, tmp_path / "bad", target="contour", model_options={"out_channels": 2}))
+
+
+def test_weight_average_run_saves_the_average_and_resumes_from_the_raw_weights(tiny_manifest, tmp_path):
+    run = tmp_path / "run"
+    config = tiny_config(tiny_manifest, run, ema_momentum=0.9)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, callbacks=[KillMidEpoch(1)])
+    state = read_state(run)
+    assert state["epochs_done"] == 1 and state["callbacks"]["averaged_weights"] == {"averaged_in_model": True}
+    last = keras.models.load_model(run / "last.keras")
+    opt = last.optimizer
+    assert opt.use_ema and opt.ema_momentum == pytest.approx(0.9)
+    # last.keras holds the average in the model and the raw weights in the optimizer's slot (restored on resume)
+    model_w = [keras.ops.convert_to_numpy(v) for v in opt._trainable_variables]
+    slot_w = [keras.ops.convert_to_numpy(v) for v in opt._model_variables_moving_average]
+    assert any(not np.allclose(a, b) for a, b in zip(model_w, slot_w))
+
+    assert main(["train", "--resume", str(run), "--verbose", "0"]) == 0
+    state = read_state(run)
+    assert state["finished"] and state["epochs_done"] == 3
+    assert pd.read_csv(run / "history.csv")["epoch"].tolist() == [0, 1, 2]
+    best = keras.models.load_model(run / "best.keras")
+    assert best.optimizer.use_ema
+    assert TrainConfig.load(run / "config.yaml").ema_momentum == pytest.approx(0.9)
+
+
+def test_weight_average_options_are_checked(tiny_manifest, tmp_path):
+    with pytest.raises(ValueError, match="ema_momentum"):
+        tiny_config(tiny_manifest, tmp_path / "a", ema_momentum=1.0).validate()
+    with pytest.raises(ValueError, match="use_ema"):
+        train(tiny_config(tiny_manifest, tmp_path / "b", ema_momentum=0.9, optimizer_options={"use_ema": False}))
+    train(tiny_config(tiny_manifest, tmp_path / "c", epochs=1))  # off by default
+    assert not keras.models.load_model(tmp_path / "c" / "last.keras").optimizer.use_ema

@@ -55,6 +55,8 @@ class TrainConfig:
     # --- optimiser and learning-rate schedule (cellseg_tf.schedules registries) ---
     optimizer: str = "adam"            # adam | adamw | sgd
     optimizer_options: dict = field(default_factory=dict)
+    ema_momentum: float = 0.0          # > 0: validate and save the moving average of the weights (Polyak
+                                       # averaging, optimizer use_ema) with this momentum, e.g. 0.99; 0 = off
     schedule: str = "cosine"           # cosine (steps or time budget) | constant | exponential | plateau
     schedule_options: dict = field(default_factory=dict)  # e.g. {decay_steps: 9000, decay_rate: 0.9}
     # --- callbacks ---
@@ -96,6 +98,8 @@ class TrainConfig:
             raise ValueError(f"aux_weight must be >= 0, got {self.aux_weight}")
         if self.learning_rate is not None and self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if not 0 <= self.ema_momentum < 1:
+            raise ValueError(f"ema_momentum must be in [0, 1), got {self.ema_momentum}")
         if self.freeze_encoder_epochs < 0:
             raise ValueError(f"freeze_encoder_epochs must be >= 0, got {self.freeze_encoder_epochs}")
         if self.unfreeze_blocks != "all" and not (isinstance(self.unfreeze_blocks, int) and self.unfreeze_blocks >= 1):

@@ -197,8 +197,8 @@ def train(config: TrainConfig, samples: list[Sample] | None = None, *, resume: b
     """
     import keras
 
-    from .callbacks import (BestCheckpoint, EpochCheckpoint, LearningRateLogger, ResumableEarlyStopping, RunState,
-                            TimeBudget, read_state, write_state)
+    from .callbacks import (AveragedWeights, BestCheckpoint, EpochCheckpoint, LearningRateLogger,
+                            ResumableEarlyStopping, RunState, TimeBudget, read_state, write_state)
     from .distribute import select_strategy, strategy_name
     from .losses import loss_for_target
     from .metrics import default_metrics
@@ -253,6 +253,11 @@ def train(config: TrainConfig, samples: list[Sample] | None = None, *, resume: b
     best_cb.set_resume_state(saved_cb.get("best"))
     resumables: dict = {"best": best_cb}
     fixed = [LearningRateLogger(), best_cb]
+    if config.ema_momentum > 0:  # first: the callbacks after it validate and save the averaged weights
+        averaged = AveragedWeights()
+        averaged.set_resume_state(saved_cb.get("averaged_weights"))
+        resumables["averaged_weights"] = averaged
+        fixed.insert(0, averaged)
     if config.checkpoint_every_epoch:
         fixed.append(EpochCheckpoint(run / "epochs"))
     early = None
@@ -321,7 +326,7 @@ def train(config: TrainConfig, samples: list[Sample] | None = None, *, resume: b
                 elif phase.name == "fine_tune":
                     set_encoder_trainable(model, config.unfreeze_blocks, what="unfreeze_blocks")
                 model.compile(optimizer=build_optimizer(config.optimizer, schedule.learning_rate,
-                                                        **config.optimizer_options),
+                                                        **optimizer_options(config)),
                               loss=loss_for_target(target, config.loss, config.loss_options, config.aux_weight),
                               metrics=default_metrics())
             loaded_phase = None
@@ -364,6 +369,16 @@ def train(config: TrainConfig, samples: list[Sample] | None = None, *, resume: b
     if not best_path.is_file() and last_path.is_file():  # val_dice was never finite: keep the last model as best
         shutil.copyfile(last_path, best_path)
     return _result(run, final, title=f"{config.model} / {config.loss}")
+
+
+def optimizer_options(config: TrainConfig) -> dict:
+    """config.optimizer_options, plus the optimizer's weight average when config.ema_momentum > 0."""
+    options = dict(config.optimizer_options)
+    if config.ema_momentum > 0:
+        if options.get("use_ema") is False:
+            raise ValueError("ema_momentum > 0 needs the optimizer's use_ema; optimizer_options sets it False")
+        options.update(use_ema=True, ema_momentum=float(config.ema_momentum))
+    return options
 
 
 def _call_with_options(label: str, fn, options: dict):
