@@ -139,6 +139,8 @@ class AveragedWeights(_Resumable, keras.callbacks.Callback):
 
     def _swap(self) -> None:
         opt = self._optimizer()
+        if not opt.built:  # no average yet: nothing could be swapped, and the flag would lie
+            raise RuntimeError("AveragedWeights: the optimizer has not been built (no training step yet)")
         for var, average in zip(opt._trainable_variables, opt._model_variables_moving_average):
             if average is None:
                 continue
