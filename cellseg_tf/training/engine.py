@@ -207,7 +207,7 @@ def train(config: TrainConfig, samples: list[Sample] | None = None, *, resume: b
     from ..models.heads import output_head
     from ..models.metadata import describe
     from ..models.freezing import check_spec, encoder_blocks, set_encoder_trainable
-    from .schedules import RunPlan, build_optimizer, build_schedule
+    from .schedules import RunPlan, averaged_options, build_optimizer, build_schedule
 
     config.validate()
     if config.tensorboard:
@@ -326,7 +326,8 @@ def train(config: TrainConfig, samples: list[Sample] | None = None, *, resume: b
                 elif phase.name == "fine_tune":
                     set_encoder_trainable(model, config.unfreeze_blocks, what="unfreeze_blocks")
                 model.compile(optimizer=build_optimizer(config.optimizer, schedule.learning_rate,
-                                                        **optimizer_options(config)),
+                                                        **averaged_options(config.optimizer_options,
+                                                                           config.ema_momentum)),
                               loss=loss_for_target(target, config.loss, config.loss_options, config.aux_weight),
                               metrics=default_metrics())
             loaded_phase = None
@@ -369,16 +370,6 @@ def train(config: TrainConfig, samples: list[Sample] | None = None, *, resume: b
     if not best_path.is_file() and last_path.is_file():  # val_dice was never finite: keep the last model as best
         shutil.copyfile(last_path, best_path)
     return _result(run, final, title=f"{config.model} / {config.loss}")
-
-
-def optimizer_options(config: TrainConfig) -> dict:
-    """config.optimizer_options, plus the optimizer's weight average when config.ema_momentum > 0."""
-    options = dict(config.optimizer_options)
-    if config.ema_momentum > 0:
-        if options.get("use_ema") is False:
-            raise ValueError("ema_momentum > 0 needs the optimizer's use_ema; optimizer_options sets it False")
-        options.update(use_ema=True, ema_momentum=float(config.ema_momentum))
-    return options
 
 
 def _call_with_options(label: str, fn, options: dict):

@@ -162,6 +162,16 @@ def _sgd(learning_rate, momentum: float = 0.9, **options):
     return keras.optimizers.SGD(learning_rate, momentum=momentum, **options)
 
 
+def averaged_options(options: dict, ema_momentum: float) -> dict:
+    """Optimizer `options` plus its moving average of the weights (Keras use_ema) when `ema_momentum` > 0."""
+    options = dict(options)
+    if ema_momentum > 0:
+        if options.get("use_ema") is False:
+            raise ValueError("ema_momentum > 0 needs the optimizer's use_ema; optimizer_options sets it False")
+        options.update(use_ema=True, ema_momentum=float(ema_momentum))
+    return options
+
+
 def build_optimizer(name: str, learning_rate, **options):
     """A Keras optimizer from the registry (Adam by default, Henrion et al. 2025; Das et al. 2025)."""
     if name not in OPTIMIZER_REGISTRY:
