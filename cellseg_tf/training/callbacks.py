@@ -115,11 +115,12 @@ class AveragedWeights(_Resumable, keras.callbacks.Callback):
     """Validation and every checkpoint see the exponential moving average of the weights (Polyak averaging).
 
     The optimizer keeps the average (`use_ema=True`: one average per trainable variable, updated in the training
-    step). This callback swaps it into the model for validation and, from each epoch's end to the next epoch's
-    start, for the callbacks after it (best.keras, last.keras, per-epoch models), so put it FIRST in the list. Keras's
-    own `SwapEMAWeights(swap_on_epoch=True)` is not used: `fit` overwrites the model with the optimizer's slot after
-    the last epoch, which then holds the raw weights, so a run stopped by the time budget or early stopping would end
-    on raw weights. `averaged_in_model` survives a resume (last.keras holds the average, the slot the raw weights).
+    step). This callback swaps it into the model when validation begins and keeps it there until the next epoch
+    begins, so the callbacks after it (best.keras, last.keras, per-epoch models) save it too: put it FIRST in the
+    list. Keras's own `SwapEMAWeights(swap_on_epoch=True)` is not used: `fit` overwrites the model with the
+    optimizer's slot after the last epoch, which then holds the raw weights, so a run stopped by the time budget or
+    early stopping would end on raw weights. `averaged_in_model` survives a resume (last.keras holds the average,
+    the slot the raw weights).
     """
 
     state_keys = ("averaged_in_model",)
@@ -128,61 +129,49 @@ class AveragedWeights(_Resumable, keras.callbacks.Callback):
         super().__init__()
         self.averaged_in_model = False
         self._averaged: list | None = None
-        self._swapped_for_test = False
 
-    def _optimizer(self):
+    def _pairs(self) -> list:
+        """(model variable, its average) for every trainable variable the optimizer averages."""
         opt = self.model.optimizer
         opt = getattr(opt, "inner_optimizer", opt)  # LossScaleOptimizer (mixed_float16)
         if not getattr(opt, "use_ema", False):
             raise ValueError("AveragedWeights needs an optimizer built with use_ema=True (TrainConfig.ema_momentum)")
-        return opt
-
-    def _swap(self) -> None:
-        opt = self._optimizer()
         if not opt.built:  # no average yet: nothing could be swapped, and the flag would lie
             raise RuntimeError("AveragedWeights: the optimizer has not been built (no training step yet)")
-        for var, average in zip(opt._trainable_variables, opt._model_variables_moving_average):
-            if average is None:
-                continue
+        return [(v, a) for v, a in zip(opt._trainable_variables, opt._model_variables_moving_average)
+                if a is not None]
+
+    def _swap(self) -> None:
+        for var, average in self._pairs():
             raw = keras.ops.convert_to_numpy(var)
             var.assign(average)
             average.assign(raw)
         self.averaged_in_model = not self.averaged_in_model
 
     def on_train_begin(self, logs=None):
-        self.averaged_in_model, self._averaged, self._swapped_for_test = False, None, False
+        self.averaged_in_model, self._averaged = False, None
         super().on_train_begin(logs)  # a resumed run's last.keras may hold the average (resume_state says so)
 
     def on_epoch_begin(self, epoch, logs=None):
         if self.averaged_in_model:  # train on the raw weights
             self._swap()
 
-    def on_test_begin(self, logs=None):
-        self._swapped_for_test = not self.averaged_in_model
-        if self._swapped_for_test:
-            self._swap()
-
-    def on_test_end(self, logs=None):
-        if self._swapped_for_test:
-            self._swap()
-            self._swapped_for_test = False
-
-    def on_epoch_end(self, epoch, logs=None):
+    def on_test_begin(self, logs=None):  # validation inside fit: on_epoch_end follows and keeps the average
         if not self.averaged_in_model:
             self._swap()
-        opt = self._optimizer()
-        self._averaged = [keras.ops.convert_to_numpy(v) for v in opt._trainable_variables]
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not self.averaged_in_model:  # an epoch without validation
+            self._swap()
+        self._averaged = [keras.ops.convert_to_numpy(var) for var, _ in self._pairs()]
 
     def on_train_end(self, logs=None):
         # fit() has just copied the optimizer's slot (the raw weights, while swapped) into the model: end on the
         # average of the last epoch, in the model and in the slot alike
         if self.averaged_in_model and self._averaged is not None:
-            opt = self._optimizer()
-            for var, average, value in zip(opt._trainable_variables, opt._model_variables_moving_average,
-                                           self._averaged):
+            for (var, average), value in zip(self._pairs(), self._averaged):
                 var.assign(value)
-                if average is not None:
-                    average.assign(value)
+                average.assign(value)
         self.averaged_in_model = False
 
 
