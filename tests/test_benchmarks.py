@@ -178,6 +178,38 @@ def test_bench_fewshot_leaves_one_dataset_out_and_prints_the_goals(tmp_path, cap
     levels = yaml.safe_load((tmp_path / "out" / "adapted" / "set_a" / "k1_s0_levels2_adaptation.yaml").read_text())
     assert [e["strides"] for e in levels["extractors"]] == [[1], [1, 2]]     # the MSD has no coarser maps
 
+    # the validation-only screen reuses the run's extractors and never predicts the test split
+    assert _load("screen_fewshot").main(["--bench", str(tmp_path / "out"), "--data", str(tmp_path / "data"),
+                                         "--out", str(tmp_path / "screen"), "--config", "ref:",
+                                         "--config", "tiles2:max_tiles=2,max_pixels=400", "--shots", "1",
+                                         "--seeds", "1", "--val-rows", "1"]) == 0
+    screen = pd.read_csv(tmp_path / "screen" / "screen.csv")
+    assert len(screen) == 4 and screen.val_dice.between(0, 1).all()
+    small = yaml.safe_load((tmp_path / "screen" / "set_a" / "k1_s0_tiles2_adaptation.yaml").read_text())
+    assert small["max_tiles"] == 2 and small["sampled"]["pixels"] <= 400
+    assert not list((tmp_path / "screen" / "pred").glob("*/*test*"))
+    assert "config=tiles2 mean_val_dice=" in capsys.readouterr().out
+
+
+def test_screen_fewshot_parses_adaptation_settings_and_counts_draws():
+    screen = _load("screen_fewshot")
+    name, assignments = screen.parse_candidate("small:max_tiles=4,lambdas=[1e-4, 1e-3],max_pixels=20000")
+    assert name == "small"
+    assert screen.adapt_overrides(assignments) == {"max_tiles": 4, "lambdas": [1e-4, 1e-3], "max_pixels": 20000}
+    with pytest.raises(ValueError, match="max_tile"):
+        screen.adapt_overrides(["max_tile=4"])
+    with pytest.raises(ValueError, match="shots"):            # set by the screen itself, per draw
+        screen.adapt_overrides(["shots=3"])
+    import pandas as pd
+
+    frame = pd.DataFrame({"target": ["a"] * 4 + ["b"] * 4, "seed": [0, 0, 1, 1] * 2,
+                          "config": ["ref", "new"] * 4, "val_dice": [0.5, 0.6, 0.7, 0.6, 0.8, 0.8, 0.4, 0.3],
+                          "seconds": [10.0, 5.0] * 4})
+    lines = screen.summarize(frame, "ref")
+    assert lines[0].startswith("config=ref mean_val_dice=0.6000 mean_seconds=10.0")
+    assert "config=new mean_val_dice=0.5750 mean_seconds=5.0 median_seconds=5.0 draws_ge_ref=2/4" in lines[1]
+    assert "a=0.6000 b=0.5500" in lines[1]
+
 
 # ---------------------------------------------------------------------------------------- bench_real
 def test_bench_real_picks_on_validation_and_ignores_the_test_split():

@@ -199,6 +199,23 @@ def test_lambda_is_chosen_on_held_out_images():
     assert 150 < single.sum() < 350                                           # one image: a quarter of its pixels
 
 
+def test_lambda_search_gives_the_same_scores_on_one_core_and_on_several(monkeypatch):
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(2400, 8))
+    y = (x[:, 0] - 0.7 * x[:, 1] + 0.6 * rng.normal(size=2400) > 0.4).astype(float)
+    s, groups = rng.uniform(0.5, 2.0, 2400), np.repeat(np.arange(4), 600)
+    solutions = []
+    for cores in (1, 3):
+        monkeypatch.setattr(solver, "usable_cores", lambda cores=cores: cores)
+        solutions.append(solver.solve(x, y, s, groups, (1e-4, 1e-2, 1e-1, 1.0), seed=1))
+    one, several = solutions
+    assert list(one.lambda_scores) == [1e-4, 1e-2, 1e-1, 1.0]                  # every candidate, in order
+    assert one.lambda_scores == several.lambda_scores and one.lam == several.lam
+    np.testing.assert_array_equal(one.theta_bfgs, several.theta_bfgs)
+    assert len(set(one.lambda_scores.values())) > 1                            # the candidates really differ
+    assert solver.usable_cores() >= 1
+
+
 # ------------------------------------------------------------------------------------------- image filters
 def test_image_filters_match_scipy_and_survive_a_keras_round_trip(tmp_path):
     from scipy import ndimage as ndi

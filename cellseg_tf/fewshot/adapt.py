@@ -42,7 +42,7 @@ class AdaptConfig:
     extractors: `.keras` files (any package segmentation models; their features are concatenated).
     support: manifest whose split=train rows are the support set; shots: K rows drawn with `seed` (None: all).
     max_pixels: cap on sampled support pixels (memory and solver time); max_tiles: feature tiles computed per
-    support image (None: `support.default_max_tiles`, 16 tiles of 128²). lambdas: L2 candidates for λ.
+    support image (None: `support.default_max_tiles`, 8 tiles of 128²). lambdas: L2 candidates for λ.
     norm_low / norm_high: normalisation percentiles (None: the extractors' own, see `normalization`).
     tile_size: feature tile side for extractors that accept any size (None: automatic, see `support.tile_size`).
     filter_sigmas: scales (px) of the image's own Gaussian-derivative filter responses added to the extractors'

@@ -19,7 +19,7 @@ sums estimate sums over the whole images), θ = (w (d,), b) the perceptron, z = 
    averaged the same way) on the held-out rest; the best (ties: the larger λ) is refitted on all support pixels.
    The held-out part is whole images when there are at least two (`holdout_mask`), else a random quarter of the
    pixels; the candidate fits use at most SELECTION_PIXELS of the rest (a seeded subsample), which keeps the
-   search to seconds.
+   search to seconds, and run side by side, one per usable core (threads: the scores are the same on any number).
 5. The BFGS solution replaces the logistic one only if its support Dice is not lower (`Solution.chosen`).
 Finally the standardisation is folded into the weights (`fold_standardization`), so the saved 1×1 convolution
 reads raw features.
@@ -27,6 +27,8 @@ reads raw features.
 from __future__ import annotations
 
 import contextlib
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -201,6 +203,14 @@ def single_threaded_blas():
     return threadpool_limits(limits=1, user_api="blas")
 
 
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one, else os.cpu_count())."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:          # macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
 def check_dice_average(value: str) -> str:
     """`value` if it names one of DICE_AVERAGES, else a ValueError listing them."""
     if value not in DICE_AVERAGES:
@@ -236,12 +246,18 @@ def _solve(x: np.ndarray, y: np.ndarray, s: np.ndarray, groups: np.ndarray, lamb
         fit = np.flatnonzero(~val)
         if len(fit) > SELECTION_PIXELS:
             fit = np.sort(np.random.default_rng(seed + 1).choice(fit, SELECTION_PIXELS, replace=False))
-        for lam in lambdas:
-            if not (y[fit] > 0).any() or (y[fit] > 0).all():
-                scores[lam] = float("nan")
-                continue
-            theta, _ = fit_dice(z[fit], y[fit], s[fit], lam, fit_logistic(z[fit], y[fit], s[fit], lam), per[fit])
-            scores[lam] = hard_dice(theta, z[val], y[val], s[val], per[val])
+        zf, yf, sf, pf = z[fit], y[fit], s[fit], per[fit]
+
+        def heldout_dice(lam: float) -> float:
+            if not (yf > 0).any() or (yf > 0).all():
+                return float("nan")
+            theta, _ = fit_dice(zf, yf, sf, lam, fit_logistic(zf, yf, sf, lam), pf)
+            return hard_dice(theta, z[val], y[val], s[val], per[val])
+
+        # the candidates are independent fits: one per core at a time (numpy and scipy release the GIL in their
+        # loops); each is deterministic, so the scores do not depend on the number of workers
+        with ThreadPoolExecutor(max_workers=min(len(lambdas), usable_cores())) as pool:
+            scores = dict(zip(lambdas, pool.map(heldout_dice, lambdas)))
     finite = {k: v for k, v in scores.items() if np.isfinite(v)}
     lam = max(finite, key=lambda k: (finite[k], k)) if finite else lambdas[-1]
     theta_lr = fit_logistic(z, y, s, lam)

@@ -6,7 +6,7 @@ training does (`data.dataset.load_pair`: the run's percentiles, the extractors' 
 Pixels (`sample_pixels`): from every support image up to `per_class` foreground and `per_class` background pixels,
 drawn with a seeded generator — balanced classes, and a memory cap of 2·per_class·K pixels whatever the image sizes.
 On large images they come from at most `max_tiles` feature tiles (half with foreground, half without, when there are
-more; by default as many as make 2¹⁸ tile pixels), which caps the extractor work per image. Each sampled pixel
+more; by default as many as make 2¹⁷ tile pixels), which caps the extractor work per image. Each sampled pixel
 carries a weight: the number of image pixels it stands for (tile stratum size / tiles chosen from it × class pixels
 in the chosen tiles / class pixels drawn), so weighted sums over the sample are unbiased estimates of sums over the
 whole support images — a Dice on the sample estimates the Dice on the images despite the balancing.
@@ -31,11 +31,12 @@ from ..data.manifest import Sample, select
 
 DEFAULT_TILE = 256        # tile size for extractors that accept any size
 TILE_MULTIPLE = 32        # ... rounded to a multiple of the largest stride in the zoo
-TILE_PIXELS = 1 << 18     # default cap on feature-tile pixels computed per support image (16 tiles of 128²)
+TILE_PIXELS = 1 << 17     # default cap on feature-tile pixels computed per support image (8 tiles of 128²;
+                          # chosen on validation rows, docs/FEWSHOT.md "Feature tiles, measured")
 
 
 def default_max_tiles(tile: int) -> int:
-    """Tiles per support image under the TILE_PIXELS budget (at least 4): 16 at 128 px, 4 at 256 px."""
+    """Tiles per support image under the TILE_PIXELS budget (at least 4): 8 at 128 px, 4 at 256 px."""
     return max(4, math.ceil(TILE_PIXELS / tile ** 2))
 
 
