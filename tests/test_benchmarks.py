@@ -187,7 +187,14 @@ def test_bench_fewshot_leaves_one_dataset_out_and_prints_the_goals(tmp_path, cap
     assert len(screen) == 4 and screen.val_dice.between(0, 1).all()
     small = yaml.safe_load((tmp_path / "screen" / "set_a" / "k1_s0_tiles2_adaptation.yaml").read_text())
     assert small["max_tiles"] == 2 and small["sampled"]["pixels"] <= 400
-    assert not list((tmp_path / "screen" / "pred").glob("*/*test*"))
+    from cellseg_tf.data.io import open_manifest
+    from cellseg_tf.data.manifest import select
+
+    rows = {split: {Path(r.image).stem for n in ("set_a", "set_b")
+                    for r in select(open_manifest(tmp_path / "data" / n / "manifest.csv"), split)}
+            for split in ("train", "test")}
+    predicted = {p.name[:len("nuclei_000")] for p in (tmp_path / "screen" / "pred").rglob("nuclei_*")}
+    assert predicted and predicted <= rows["train"] and not predicted & rows["test"]    # validation rows only
     assert "config=tiles2 mean_val_dice=" in capsys.readouterr().out
 
 
