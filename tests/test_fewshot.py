@@ -216,6 +216,17 @@ def test_lambda_search_gives_the_same_scores_on_one_core_and_on_several(monkeypa
     assert solver.usable_cores() >= 1
 
 
+def test_lambda_search_without_foreground_outside_the_held_out_image_takes_the_largest_lambda():
+    rng = np.random.default_rng(4)
+    groups = np.repeat(np.arange(4), 300)
+    held = solver.holdout_mask(groups, seed=2)
+    x = rng.normal(size=(1200, 5))
+    y = (held & (x[:, 0] > 0)).astype(float)          # foreground only in the held-out image
+    result = solver.solve(x, y, np.ones(1200), groups, (1e-3, 1e-1), seed=2)
+    assert all(np.isnan(v) for v in result.lambda_scores.values()) and result.lam == 1e-1
+    assert np.isfinite(result.theta_bfgs).all()
+
+
 # ------------------------------------------------------------------------------------------- image filters
 def test_image_filters_match_scipy_and_survive_a_keras_round_trip(tmp_path):
     from scipy import ndimage as ndi

@@ -249,15 +249,16 @@ def _solve(x: np.ndarray, y: np.ndarray, s: np.ndarray, groups: np.ndarray, lamb
         zf, yf, sf, pf = z[fit], y[fit], s[fit], per[fit]
 
         def heldout_dice(lam: float) -> float:
-            if not (yf > 0).any() or (yf > 0).all():
-                return float("nan")
             theta, _ = fit_dice(zf, yf, sf, lam, fit_logistic(zf, yf, sf, lam), pf)
             return hard_dice(theta, z[val], y[val], s[val], per[val])
 
-        # the candidates are independent fits: one per core at a time (numpy and scipy release the GIL in their
-        # loops); each is deterministic, so the scores do not depend on the number of workers
-        with ThreadPoolExecutor(max_workers=min(len(lambdas), usable_cores())) as pool:
-            scores = dict(zip(lambdas, pool.map(heldout_dice, lambdas)))
+        if (yf > 0).any() and not (yf > 0).all():     # else no candidate can be fitted: all NaN, the largest λ
+            # independent fits, one per core at a time (numpy and scipy release the GIL in their loops); each is
+            # deterministic, so the scores do not depend on the number of workers
+            with ThreadPoolExecutor(max_workers=min(len(lambdas), usable_cores())) as pool:
+                scores = dict(zip(lambdas, pool.map(heldout_dice, lambdas)))
+        else:
+            scores = dict.fromkeys(lambdas, float("nan"))
     finite = {k: v for k, v in scores.items() if np.isfinite(v)}
     lam = max(finite, key=lambda k: (finite[k], k)) if finite else lambdas[-1]
     theta_lr = fit_logistic(z, y, s, lam)
