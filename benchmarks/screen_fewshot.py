@@ -37,6 +37,18 @@ from cellseg_tf.fewshot.support import draw_support  # noqa: E402
 FIXED = {"extractors", "support", "out", "shots", "seed", "verbose"}   # set by the screen itself
 
 
+def _numbers(value):
+    """YAML 1.1 reads a float without a dot (1e-4) as a string: such strings become floats, inside lists too."""
+    if isinstance(value, list):
+        return [_numbers(v) for v in value]
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
 def adapt_overrides(assignments: list[str]) -> dict:
     """["KEY=VALUE", ...] -> {field: value} of AdaptConfig (VALUE as YAML); an unknown or fixed key is an error."""
     fields = {f.name for f in dataclasses.fields(AdaptConfig)} - FIXED
@@ -46,7 +58,7 @@ def adapt_overrides(assignments: list[str]) -> dict:
         key = key.strip().replace("-", "_")
         if not sep or key not in fields:
             raise ValueError(f"bad setting {text!r}: expected KEY=VALUE with KEY one of {sorted(fields)}")
-        out[key] = yaml.safe_load(value)
+        out[key] = _numbers(yaml.safe_load(value))
     return out
 
 

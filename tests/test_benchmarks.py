@@ -203,6 +203,8 @@ def test_screen_fewshot_parses_adaptation_settings_and_counts_draws():
     name, assignments = screen.parse_candidate("small:max_tiles=4,lambdas=[1e-4, 1e-3],max_pixels=20000")
     assert name == "small"
     assert screen.adapt_overrides(assignments) == {"max_tiles": 4, "lambdas": [1e-4, 1e-3], "max_pixels": 20000}
+    assert screen.adapt_overrides(["dice_average=pooled", "lambdas=[1.0e-3, 1e-2]"]) == {
+        "dice_average": "pooled", "lambdas": [1e-3, 1e-2]}                   # 1e-2: a string to YAML 1.1
     with pytest.raises(ValueError, match="max_tile"):
         screen.adapt_overrides(["max_tile=4"])
     with pytest.raises(ValueError, match="shots"):            # set by the screen itself, per draw
