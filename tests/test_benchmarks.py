@@ -141,11 +141,17 @@ def test_bench_fewshot_leaves_one_dataset_out_and_prints_the_goals(tmp_path, cap
                                         "--extractor-depth", "3"]) == 0
     out = capsys.readouterr().out
     assert "goal BFGS >= logistic" in out and "goal bfgs > scratch U-Net" in out
+    assert "goal adapted model >= logistic (adapted)" in out and "goal adapted > scratch U-Net" in out
     import pandas as pd
 
     results = pd.read_csv(tmp_path / "out" / "results.csv")
     assert set(results.target) == {"set_a", "set_b"}
-    assert set(results.method) == {"full", "logistic", "bfgs", "scratch"} and results.dice.between(0, 1).all()
+    assert set(results.method) == {"full", "logistic", "bfgs", "adapted", "scratch"}
+    assert results.dice.between(0, 1).all()
+    # "adapted" is the model adapt() saves: the Dice of the solution its report says it kept
+    by = results.set_index(["target", "method"])["dice"]
+    for target, chosen in results[results.method == "adapted"][["target", "chosen"]].itertuples(index=False):
+        assert by[(target, "adapted")] == by[(target, chosen)]
     import yaml
 
     # the features: the other set's MSD extractor and its full-training U-Net (reference (b), reused)
@@ -167,10 +173,9 @@ def test_bench_fewshot_leaves_one_dataset_out_and_prints_the_goals(tmp_path, cap
     pd.testing.assert_frame_equal(resumed.iloc[:len(results)].reset_index(drop=True), results)  # kept as they were
     new = resumed.iloc[len(results):]
     assert not resumed.duplicated(key).any() and new.val_dice.between(0, 1).all()    # held-out train rows scored
-    compared = {"logistic_filters", "bfgs_filters", "logistic_pooled", "bfgs_pooled", "logistic_msd", "bfgs_msd",
-                "logistic_levels2", "bfgs_levels2"}
+    compared = {f"{m}_{v}" for m in ("logistic", "bfgs", "adapted") for v in ("filters", "pooled", "msd", "levels2")}
     assert set(new[new.shots == 1].method) == compared                              # only the new variants at K=1
-    assert set(new[new.shots == 2].method) == {"logistic", "bfgs"} | compared
+    assert set(new[new.shots == 2].method) == {"logistic", "bfgs", "adapted"} | compared
     printed = capsys.readouterr().out
     assert "goal BFGS >= logistic (bfgs_filters)" in printed and "goal BFGS >= logistic (bfgs_pooled)" in printed
     msd_only = yaml.safe_load((tmp_path / "out" / "adapted" / "set_a" / "k1_s0_msd_adaptation.yaml").read_text())

@@ -174,6 +174,7 @@ def adapt(config: AdaptConfig, *, save: bool = True) -> AdaptResult:
         "channels": int(input_shape[2]), "norm_low": low, "norm_high": high, "tile_size": tile, "max_tiles": max_tiles,
         "sampled": pixels.counts,
         "lambda": solution.lam, "lambda_heldout_dice": solution.lambda_scores,
+        "lambda_heldout_dice_logistic": solution.lambda_scores_logistic,
         "optimizers": {"logistic": f"scipy L-BFGS-B, at most {LOGISTIC_MAXITER} iterations (cross-entropy + "
                                    "lambda*|W|^2)",
                        "bfgs": f"scipy {DICE_METHOD}, gradient max-norm < {BFGS_GTOL:g} (1 - soft Dice + "
@@ -182,7 +183,7 @@ def adapt(config: AdaptConfig, *, save: bool = True) -> AdaptResult:
         "bfgs_iterations": solution.bfgs_iterations,
         "support_dice": {"logistic": solution.dice_logistic, "bfgs": solution.dice_bfgs,
                          "soft_logistic": solution.soft_dice_logistic, "soft_bfgs": solution.soft_dice_bfgs},
-        "chosen": solution.chosen,
+        "chosen": solution.chosen, "chosen_by": solution.chosen_by,
         "seconds": {"load": round(t_load - t0, 3), "features": round(t_features - t_load, 3),
                     "solve": round(t_solve - t_features, 3), "total": round(t_solve - t0, 3)},
         "config": {k: v for k, v in dataclasses.asdict(config).items() if k != "verbose"},
