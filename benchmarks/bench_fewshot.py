@@ -8,8 +8,8 @@ For every target set T (a set with train and test rows):
   * few-shot: for K in `--shots` (1, 3, 5, 10; K <= T's train rows) and `--draws` seeded draws of K support images
     from T's train split, `cellseg_tf.fewshot.adapt` on the other sets' extractors; the test split is predicted with
     the logistic-regression weights and with the BFGS-on-Dice weights (reported separately) through the package's
-    ordinary predictor and scored with its evaluation; method "adapted" is the model `adapt` saves (BFGS unless the
-    held-out support images preferred logistic: the row's `chosen`), scored from those two predictions;
+    ordinary predictor and scored with its evaluation; method "adapted" is the model `adapt` saves (the solution
+    its report calls `chosen`, the row's too), scored from those two predictions;
   * reference (a): a U-Net (package defaults) trained from scratch on the same K images for the wall-clock time
     that adaptation (with the default extractors and options) took;
   * reference (b): the package's full training (U-Net, defaults) on all of T's train rows for `--minutes`.
@@ -140,7 +140,7 @@ def goal_lines(results: pd.DataFrame, table: pd.DataFrame) -> list[str]:
         lines += [f"goal adaptation <= {GOAL_SECONDS:.0f} s ({bfgs}): max {few['seconds'].max():.1f} s",
                   f"goal BFGS >= logistic ({bfgs}): {int((paired[bfgs] >= paired[lr] - 1e-9).sum())}/{len(paired)} "
                   f"draws; median gain {float((paired[bfgs] - paired[lr]).median()):+.4f}"]
-        kept = f"adapted{suffix}"          # the package's output (BFGS unless the held-out images preferred logistic)
+        kept = f"adapted{suffix}"          # the package's output (the solution adapt() kept)
         if kept in vs_scratch:
             both = vs_scratch[[lr, kept]].dropna()
             n_lr = int((results.loc[results.method == kept, "chosen"] == "logistic").sum())
@@ -306,7 +306,7 @@ def main(argv=None) -> int:
                         results.append({**row, "method": method + suffix, "dice": dice, "val_dice": val})
                         done[(*key, method + suffix)] = results[-1]
                         line += f" {method + suffix} {dice:.4f}" + (f" (val {val:.4f})" if held else "")
-                    # the package's own output: BFGS where the held-out support images did not prefer logistic
+                    # the package's own output: the solution adapt() kept
                     chosen = result.report["chosen"]
                     kept = done[(*key, chosen + suffix)]
                     results.append({**row, "method": "adapted" + suffix, "dice": kept["dice"],

@@ -5,7 +5,8 @@ and the other sets' full-training U-Nets in BENCH/full); for `--seeds` seeded dr
 `--config` (AdaptConfig overrides; the first one is the reference) is adapted and scored on `--val-rows` train rows
 outside the support set. The test split is never predicted: this is where a default may be chosen. Per config it
 prints the mean validation Dice and adaptation seconds per target and overall, and the draws at or above the first
-config; rows go to OUT/screen.csv.
+config; rows go to OUT/screen.csv. `--solutions` also scores each adaptation's logistic and BFGS weights on their
+own (columns val_logistic, val_bfgs), to judge which of the two the adaptation kept.
 
     python benchmarks/screen_fewshot.py --bench /tmp/fs6 --out /tmp/screen --config default: \
         --config tiles8:max_tiles=8 --config small:max_tiles=4,max_pixels=20000,lambdas=[1e-4,1e-3,1e-2]
@@ -28,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_fewshot import ROOT, datasets, held_out_rows, test_dice  # noqa: E402
 from bench_real import parse_candidate  # noqa: E402
-from cellseg_tf.common.files import write_text_atomic  # noqa: E402
+from cellseg_tf.common.files import atomic_path, write_text_atomic  # noqa: E402
 from cellseg_tf.data.io import open_manifest  # noqa: E402
 from cellseg_tf.data.manifest import select  # noqa: E402
 from cellseg_tf.fewshot import AdaptConfig, adapt  # noqa: E402
@@ -85,6 +86,9 @@ def main(argv=None) -> int:
     ap.add_argument("--shots", type=int, default=5)
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--val-rows", type=int, default=3)
+    ap.add_argument("--solutions", action="store_true",
+                    help="also score each adaptation's logistic and BFGS weights on their own (val_logistic, "
+                         "val_bfgs): how well the kept one was chosen")
     args = ap.parse_args(argv)
 
     configs = [(name, adapt_overrides(a)) for name, a in (parse_candidate(c) for c in args.config)]
@@ -119,8 +123,16 @@ def main(argv=None) -> int:
                 sec = r.report["seconds"]
                 rows.append({"target": target, "seed": seed, "config": name, "val_dice": val, **sec,
                              "seconds": sec["total"], "chosen": r.report["chosen"], "lambda": r.report["lambda"]})
-                print(f"{target} seed={seed} {name}: val {val:.4f} [{sec['total']:.1f} s: load {sec['load']:.1f}, "
-                      f"features {sec['features']:.1f}, solve {sec['solve']:.1f}]", flush=True)
+                line = f"{target} seed={seed} {name}: val {val:.4f} (kept {r.report['chosen']})"
+                if args.solutions:        # the same adaptation's logistic and BFGS weights, each on its own
+                    for which in ("logistic", "bfgs"):
+                        alt = out / target / f"{path.stem}_{which}.keras"
+                        with atomic_path(alt) as tmp:
+                            r.model_with(which).save(tmp)
+                        rows[-1][f"val_{which}"] = test_dice(alt, held, out / "pred" / target / alt.stem)
+                        line += f" {which} {rows[-1][f'val_{which}']:.4f}"
+                print(f"{line} [{sec['total']:.1f} s: load {sec['load']:.1f}, features {sec['features']:.1f}, "
+                      f"solve {sec['solve']:.1f}]", flush=True)
     frame = pd.DataFrame(rows)
     write_text_atomic(out / "screen.csv", frame.to_csv(index=False))
     with pd.option_context("display.width", 200):
@@ -128,6 +140,13 @@ def main(argv=None) -> int:
               .mean().round(4).to_string())
     for line in summarize(frame, names[0]):
         print(line)
+    if args.solutions:
+        for name, g in frame.groupby("config", sort=False):
+            print(f"config={name} kept_vs_solutions mean_val kept={g['val_dice'].mean():.4f} "
+                  f"logistic={g['val_logistic'].mean():.4f} bfgs={g['val_bfgs'].mean():.4f} "
+                  f"kept>=logistic={int((g['val_dice'] >= g['val_logistic'] - 1e-9).sum())}/{len(g)} "
+                  f"bfgs>=logistic={int((g['val_bfgs'] >= g['val_logistic'] - 1e-9).sum())}/{len(g)} "
+                  f"logistic_kept={int((g['chosen'] == 'logistic').sum())}")
     return 0 if np.isfinite(frame["val_dice"]).all() else 1
 
 

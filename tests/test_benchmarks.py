@@ -187,9 +187,11 @@ def test_bench_fewshot_leaves_one_dataset_out_and_prints_the_goals(tmp_path, cap
     assert _load("screen_fewshot").main(["--bench", str(tmp_path / "out"), "--data", str(tmp_path / "data"),
                                          "--out", str(tmp_path / "screen"), "--config", "ref:",
                                          "--config", "tiles2:max_tiles=2,max_pixels=400", "--shots", "1",
-                                         "--seeds", "1", "--val-rows", "1"]) == 0
+                                         "--seeds", "1", "--val-rows", "1", "--solutions"]) == 0
     screen = pd.read_csv(tmp_path / "screen" / "screen.csv")
     assert len(screen) == 4 and screen.val_dice.between(0, 1).all()
+    for _, r in screen.iterrows():                    # the kept solution scores as that solution on its own
+        assert r.val_dice == pytest.approx(r[f"val_{r.chosen}"], abs=1e-6)
     small = yaml.safe_load((tmp_path / "screen" / "set_a" / "k1_s0_tiles2_adaptation.yaml").read_text())
     assert small["max_tiles"] == 2 and small["sampled"]["pixels"] <= 400
     from cellseg_tf.data.io import open_manifest
@@ -200,7 +202,8 @@ def test_bench_fewshot_leaves_one_dataset_out_and_prints_the_goals(tmp_path, cap
             for split in ("train", "test")}
     predicted = {p.name[:len("nuclei_000")] for p in (tmp_path / "screen" / "pred").rglob("nuclei_*")}
     assert predicted and predicted <= rows["train"] and not predicted & rows["test"]    # validation rows only
-    assert "config=tiles2 mean_val_dice=" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "config=tiles2 mean_val_dice=" in printed and "config=ref kept_vs_solutions" in printed
 
 
 def test_screen_fewshot_parses_adaptation_settings_and_counts_draws():

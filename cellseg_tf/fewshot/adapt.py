@@ -42,7 +42,8 @@ class AdaptConfig:
     extractors: `.keras` files (any package segmentation models; their features are concatenated).
     support: manifest whose split=train rows are the support set; shots: K rows drawn with `seed` (None: all).
     max_pixels: cap on sampled support pixels (memory and solver time); max_tiles: feature tiles computed per
-    support image (None: `support.default_max_tiles`, 8 tiles of 128²). lambdas: L2 candidates for λ.
+    support image (None: `support.default_max_tiles`: 8 tiles of 128², fewer beyond 5 shots, 4 at 10).
+    lambdas: L2 candidates for λ.
     norm_low / norm_high: normalisation percentiles (None: the extractors' own, see `normalization`).
     tile_size: feature tile side for extractors that accept any size (None: automatic, see `support.tile_size`).
     filter_sigmas: scales (px) of the image's own Gaussian-derivative filter responses added to the extractors'
@@ -147,7 +148,7 @@ def adapt(config: AdaptConfig, *, save: bool = True) -> AdaptResult:
         raise ValueError(f"filter sigma {max(sigmas):g} is too large for {tile}-px feature tiles (needs "
                          f"ceil({FILTER_TRUNCATE:g}·sigma) < tile); use smaller --filter-sigmas or a larger "
                          "AdaptConfig.tile_size")
-    max_tiles = config.max_tiles or default_max_tiles(tile)
+    max_tiles = config.max_tiles or default_max_tiles(tile, len(pairs))
     model, features = build_adapted_model(extractors, input_shape, sigmas)
     t_load = time.perf_counter()
 
@@ -174,7 +175,6 @@ def adapt(config: AdaptConfig, *, save: bool = True) -> AdaptResult:
         "channels": int(input_shape[2]), "norm_low": low, "norm_high": high, "tile_size": tile, "max_tiles": max_tiles,
         "sampled": pixels.counts,
         "lambda": solution.lam, "lambda_heldout_dice": solution.lambda_scores,
-        "lambda_heldout_dice_logistic": solution.lambda_scores_logistic,
         "optimizers": {"logistic": f"scipy L-BFGS-B, at most {LOGISTIC_MAXITER} iterations (cross-entropy + "
                                    "lambda*|W|^2)",
                        "bfgs": f"scipy {DICE_METHOD}, gradient max-norm < {BFGS_GTOL:g} (1 - soft Dice + "
@@ -183,7 +183,7 @@ def adapt(config: AdaptConfig, *, save: bool = True) -> AdaptResult:
         "bfgs_iterations": solution.bfgs_iterations,
         "support_dice": {"logistic": solution.dice_logistic, "bfgs": solution.dice_bfgs,
                          "soft_logistic": solution.soft_dice_logistic, "soft_bfgs": solution.soft_dice_bfgs},
-        "chosen": solution.chosen, "chosen_by": solution.chosen_by,
+        "chosen": solution.chosen,
         "seconds": {"load": round(t_load - t0, 3), "features": round(t_features - t_load, 3),
                     "solve": round(t_solve - t_features, 3), "total": round(t_solve - t0, 3)},
         "config": {k: v for k, v in dataclasses.asdict(config).items() if k != "verbose"},

@@ -20,10 +20,7 @@ sums estimate sums over the whole images), θ = (w (d,), b) the perceptron, z = 
    The held-out part is whole images when there are at least two (`holdout_mask`), else a random quarter of the
    pixels; the candidate fits use at most SELECTION_PIXELS of the rest (a seeded subsample), which keeps the
    search to seconds, and run side by side, one per usable core (threads: the scores are the same on any number).
-5. The BFGS solution replaces the logistic one only if it is not worse where neither was fitted: the held-out hard
-   Dice of the chosen λ's two fits in step 4 (`Solution.chosen`, `chosen_by` "held-out"). The support pixels
-   themselves cannot judge this, BFGS minimises their Dice loss and nearly always wins there; they decide only
-   when there was no held-out part (a single λ candidate, or no candidate could be fitted).
+5. The BFGS solution replaces the logistic one only if its support Dice is not lower (`Solution.chosen`).
 Finally the standardisation is folded into the weights (`fold_standardization`), so the saved 1×1 convolution
 reads raw features.
 """
@@ -176,8 +173,6 @@ class Solution:
     bfgs_iterations: int
     lambda_scores: dict = field(default_factory=dict)   # λ -> held-out hard Dice (logistic + BFGS)
     dice_average: str = DEFAULT_DICE_AVERAGE             # "image" | "pooled": how every Dice here is averaged
-    lambda_scores_logistic: dict = field(default_factory=dict)  # λ -> held-out hard Dice (logistic alone)
-    chosen_by: str = "support"                           # "held-out" | "support": which Dice decided `chosen`
 
     @property
     def theta(self) -> np.ndarray:
@@ -246,7 +241,6 @@ def _solve(x: np.ndarray, y: np.ndarray, s: np.ndarray, groups: np.ndarray, lamb
     st = standardization(np.asarray(x, np.float64), s)
     z = st.apply(x)
     scores: dict[float, float] = {}
-    scores_lr: dict[float, float] = {}
     if len(lambdas) > 1:
         val = holdout_mask(groups, seed)
         fit = np.flatnonzero(~val)
@@ -254,20 +248,15 @@ def _solve(x: np.ndarray, y: np.ndarray, s: np.ndarray, groups: np.ndarray, lamb
             fit = np.sort(np.random.default_rng(seed + 1).choice(fit, SELECTION_PIXELS, replace=False))
         zf, yf, sf, pf = z[fit], y[fit], s[fit], per[fit]
 
-        def heldout_dice(lam: float) -> tuple[float, float]:
-            """Held-out hard Dice of (logistic + BFGS, logistic alone) fitted with `lam`."""
-            theta_lr = fit_logistic(zf, yf, sf, lam)
-            theta, _ = fit_dice(zf, yf, sf, lam, theta_lr, pf)
-            return (hard_dice(theta, z[val], y[val], s[val], per[val]),
-                    hard_dice(theta_lr, z[val], y[val], s[val], per[val]))
+        def heldout_dice(lam: float) -> float:
+            theta, _ = fit_dice(zf, yf, sf, lam, fit_logistic(zf, yf, sf, lam), pf)
+            return hard_dice(theta, z[val], y[val], s[val], per[val])
 
         if (yf > 0).any() and not (yf > 0).all():     # else no candidate can be fitted: all NaN, the largest λ
             # independent fits, one per core at a time (numpy and scipy release the GIL in their loops); each is
             # deterministic, so the scores do not depend on the number of workers
             with ThreadPoolExecutor(max_workers=min(len(lambdas), usable_cores())) as pool:
-                both = dict(zip(lambdas, pool.map(heldout_dice, lambdas)))
-            scores = {k: v[0] for k, v in both.items()}
-            scores_lr = {k: v[1] for k, v in both.items()}
+                scores = dict(zip(lambdas, pool.map(heldout_dice, lambdas)))
         else:
             scores = dict.fromkeys(lambdas, float("nan"))
     finite = {k: v for k, v in scores.items() if np.isfinite(v)}
@@ -275,11 +264,6 @@ def _solve(x: np.ndarray, y: np.ndarray, s: np.ndarray, groups: np.ndarray, lamb
     theta_lr = fit_logistic(z, y, s, lam)
     theta_bfgs, iterations = fit_dice(z, y, s, lam, theta_lr, per)
     dice_lr, dice_bfgs = hard_dice(theta_lr, z, y, s, per), hard_dice(theta_bfgs, z, y, s, per)
-    if finite:                      # step 5: judged on the held-out part, where neither fit saw the pixels
-        chosen_by, bfgs_ok = "held-out", scores[lam] >= scores_lr[lam]
-    else:
-        chosen_by, bfgs_ok = "support", dice_bfgs >= dice_lr
-    return Solution(st, lam, theta_lr, theta_bfgs, "bfgs" if bfgs_ok else "logistic", dice_lr,
+    return Solution(st, lam, theta_lr, theta_bfgs, "bfgs" if dice_bfgs >= dice_lr else "logistic", dice_lr,
                     dice_bfgs, soft_dice(theta_lr, z, y, s, per), soft_dice(theta_bfgs, z, y, s, per), iterations,
-                    {float(k): float(v) for k, v in scores.items()}, dice_average,
-                    {float(k): float(v) for k, v in scores_lr.items()}, chosen_by)
+                    {float(k): float(v) for k, v in scores.items()}, dice_average)

@@ -6,7 +6,8 @@ training does (`data.dataset.load_pair`: the run's percentiles, the extractors' 
 Pixels (`sample_pixels`): from every support image up to `per_class` foreground and `per_class` background pixels,
 drawn with a seeded generator — balanced classes, and a memory cap of 2·per_class·K pixels whatever the image sizes.
 On large images they come from at most `max_tiles` feature tiles (half with foreground, half without, when there are
-more; by default as many as make 2¹⁷ tile pixels), which caps the extractor work per image. Each sampled pixel
+more; by default as many as make 2¹⁷ tile pixels, and 5·2¹⁷ over all support images), which caps the extractor
+work per image and per adaptation. Each sampled pixel
 carries a weight: the number of image pixels it stands for (tile stratum size / tiles chosen from it × class pixels
 in the chosen tiles / class pixels drawn), so weighted sums over the sample are unbiased estimates of sums over the
 whole support images — a Dice on the sample estimates the Dice on the images despite the balancing.
@@ -33,11 +34,18 @@ DEFAULT_TILE = 256        # tile size for extractors that accept any size
 TILE_MULTIPLE = 32        # ... rounded to a multiple of the largest stride in the zoo
 TILE_PIXELS = 1 << 17     # default cap on feature-tile pixels computed per support image (8 tiles of 128²;
                           # chosen on validation rows, docs/FEWSHOT.md "Feature tiles, measured")
+SUPPORT_TILE_PIXELS = 5 * TILE_PIXELS   # ... and over the whole support set: beyond 5 images, fewer tiles each
+                                        # (validation rows, docs/FEWSHOT.md "Fewer feature tiles beyond 5 shots")
+MIN_TILES = 4
 
 
-def default_max_tiles(tile: int) -> int:
-    """Tiles per support image under the TILE_PIXELS budget (at least 4): 8 at 128 px, 4 at 256 px."""
-    return max(4, math.ceil(TILE_PIXELS / tile ** 2))
+def default_max_tiles(tile: int, shots: int | None = None) -> int:
+    """Tiles per support image: TILE_PIXELS of them (8 at 128 px, 4 at 256 px), fewer when `shots` images would
+    exceed SUPPORT_TILE_PIXELS together (4 of 128² each at K = 10), never under MIN_TILES."""
+    per_image = math.ceil(TILE_PIXELS / tile ** 2)
+    if shots:
+        per_image = min(per_image, math.ceil(SUPPORT_TILE_PIXELS / (shots * tile ** 2)))
+    return max(MIN_TILES, per_image)
 
 
 def draw_support(manifest: str | os.PathLike, shots: int | None = None, seed: int = 0) -> tuple[list[Sample], int]:
@@ -218,11 +226,11 @@ def sample_support(features_fn: Callable[[np.ndarray], np.ndarray], pairs: Seque
                    seed: int, tile: int, max_tiles: int | None = None, batch_size: int = 4,
                    progress: bool = False) -> PixelSample:
     """Balanced, weighted pixel sample of all support images with their features: at most `max_pixels` pixels from
-    at most `max_tiles` tiles per image (None: `default_max_tiles(tile)`)."""
+    at most `max_tiles` tiles per image (None: `default_max_tiles(tile, len(pairs))`)."""
     import keras
 
     grid = TileGrid(tile)
-    max_tiles = max_tiles or default_max_tiles(tile)
+    max_tiles = max_tiles or default_max_tiles(tile, len(pairs))
     per_class = max(1, max_pixels // (2 * len(pairs)))
     rng = np.random.default_rng(seed)
     xs, ys, ws, gs = [], [], [], []
