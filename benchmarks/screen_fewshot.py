@@ -125,12 +125,14 @@ def main(argv=None) -> int:
                              "seconds": sec["total"], "chosen": r.report["chosen"], "lambda": r.report["lambda"]})
                 line = f"{target} seed={seed} {name}: val {val:.4f} (kept {r.report['chosen']})"
                 if args.solutions:        # the same adaptation's logistic and BFGS weights, each on its own
-                    for which in ("logistic", "bfgs"):
-                        alt = out / target / f"{path.stem}_{which}.keras"
-                        with atomic_path(alt) as tmp:
-                            r.model_with(which).save(tmp)
-                        rows[-1][f"val_{which}"] = test_dice(alt, held, out / "pred" / target / alt.stem)
-                        line += f" {which} {rows[-1][f'val_{which}']:.4f}"
+                    kept = r.report["chosen"]                       # ... the kept one is the model just scored
+                    other = "logistic" if kept == "bfgs" else "bfgs"
+                    alt = out / target / f"{path.stem}_{other}.keras"
+                    with atomic_path(alt) as tmp:
+                        r.model_with(other).save(tmp)
+                    rows[-1][f"val_{kept}"] = val
+                    rows[-1][f"val_{other}"] = test_dice(alt, held, out / "pred" / target / alt.stem)
+                    line += f" {other} {rows[-1][f'val_{other}']:.4f}"
                 print(f"{line} [{sec['total']:.1f} s: load {sec['load']:.1f}, features {sec['features']:.1f}, "
                       f"solve {sec['solve']:.1f}]", flush=True)
     frame = pd.DataFrame(rows)

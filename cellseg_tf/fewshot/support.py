@@ -7,10 +7,10 @@ Pixels (`sample_pixels`): from every support image up to `per_class` foreground 
 drawn with a seeded generator — balanced classes, and a memory cap of 2·per_class·K pixels whatever the image sizes.
 On large images they come from at most `max_tiles` feature tiles (half with foreground, half without, when there are
 more; by default as many as make 2¹⁷ tile pixels, and 5·2¹⁷ over all support images), which caps the extractor
-work per image and per adaptation. Each sampled pixel
-carries a weight: the number of image pixels it stands for (tile stratum size / tiles chosen from it × class pixels
-in the chosen tiles / class pixels drawn), so weighted sums over the sample are unbiased estimates of sums over the
-whole support images — a Dice on the sample estimates the Dice on the images despite the balancing.
+work per image and per adaptation. Each sampled pixel carries a weight: the number of image pixels it stands for
+(tile stratum size / tiles chosen from it × class pixels in the chosen tiles / class pixels drawn), so weighted sums
+over the sample are unbiased estimates of sums over the whole support images — a Dice on the sample estimates the
+Dice on the images despite the balancing.
 
 Features (`gather_features`): the image is reflect-padded and cut into tiles of the extractors' input size that
 overlap by a margin (1/8 tile) on every side (`TileGrid`); each pixel's feature vector comes from the tile in whose
