@@ -65,6 +65,7 @@ from cellseg_tf.training.config import TrainConfig  # noqa: E402
 from cellseg_tf.training.engine import train  # noqa: E402
 
 GOAL_SHOTS, GOAL_RATIO, GOAL_SECONDS = 5, 0.8, 60.0
+NO_DRAWS = "no few-shot draws in this run: references and extractors only (--resume adds draws)"
 
 
 def datasets(root: Path) -> dict[str, Path]:
@@ -123,6 +124,8 @@ def summarize(results: pd.DataFrame) -> pd.DataFrame:
 
 def goal_lines(results: pd.DataFrame, table: pd.DataFrame) -> list[str]:
     """The issue's goals, checked for every variant in the run ("" = the default; "_filters", "_pooled" compared)."""
+    if not (results.method != "full").any():
+        return [NO_DRAWS]
     vs_scratch = results[results.method != "full"].pivot_table(index=["target", "shots", "draw"], columns="method",
                                                                values="dice")
     at5 = table[table.shots == GOAL_SHOTS]
@@ -177,6 +180,9 @@ def main(argv=None) -> int:
     ap.add_argument("--compare-pooled-dice", action="store_true",
                     help="also adapt every draw with the BFGS step's Dice pooled over all support pixels instead "
                          "of averaged per support image (methods logistic_pooled, bfgs_pooled)")
+    ap.add_argument("--compare-anchor", action="store_true",
+                    help="also adapt every draw with the BFGS step's L2 penalty centred on the logistic weights "
+                         "(methods logistic_anchor, bfgs_anchor)")
     ap.add_argument("--feature-levels", type=int, default=None, metavar="N",
                     help="map levels per extractor for the default variant (default: the package's)")
     ap.add_argument("--compare-feature-levels", type=int, default=None, metavar="N",
@@ -224,6 +230,8 @@ def main(argv=None) -> int:
         variants.append(("_filters", {"filter_sigmas": args.compare_filters}, full))
     if args.compare_pooled_dice:
         variants.append(("_pooled", {"dice_average": "pooled"}, full))
+    if args.compare_anchor:
+        variants.append(("_anchor", {**base, "dice_anchor": "logistic"}, full))
     if args.compare_feature_levels is not None:
         variants.append((f"_levels{args.compare_feature_levels}",
                          {**base, "feature_levels": args.compare_feature_levels}, full))

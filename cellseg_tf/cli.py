@@ -186,6 +186,8 @@ def cmd_adapt(args) -> int:
         config.feature_levels = args.feature_levels
     if args.dice_average:
         config.dice_average = args.dice_average
+    if args.dice_anchor:
+        config.dice_anchor = args.dice_anchor
     result = adapt(config)
     report, dice = result.report, result.report["support_dice"]
     print(f"adapted={result.model_path} report={result.report_path} shots={report['shots']} "

@@ -191,6 +191,9 @@ def build_parser(handlers: Mapping[str, Callable[[argparse.Namespace], int]] | N
     p.add_argument("--dice-average", default=None, metavar="image|pooled",
                    help="Dice of the BFGS step: mean of the support images' Dice (image, default) or one Dice "
                         "over all their pixels (pooled)")
+    p.add_argument("--dice-anchor", default=None, metavar="zero|logistic",
+                   help="centre of the BFGS step's L2 penalty: zero (lambda*|W|^2, the paper's; default) or the "
+                        "logistic weights (lambda*|W - W_logistic|^2)")
     add_quiet(p)
 
     p = sub.add_parser("morphometry", help="per-cell measurements (area, shape, intensity) of predicted masks")

@@ -165,7 +165,7 @@ def test_bench_fewshot_leaves_one_dataset_out_and_prints_the_goals(tmp_path, cap
     assert _load("bench_fewshot").main(["--data", str(tmp_path / "data"), "--out", str(tmp_path / "out"), "--quick",
                                         "--minutes", "0.02", "--shots", "2,1", "--draws", "1",
                                         "--extractor-depth", "3", "--skip-scratch", "--resume",
-                                        "--compare-filters", "1,2", "--compare-pooled-dice", "--compare-msd-only",
+                                        "--compare-filters", "1,2", "--compare-pooled-dice", "--compare-msd-only", "--compare-anchor",
                                         "--compare-feature-levels", "2", "--val-rows", "1"]) == 0
     assert [p.stat().st_mtime_ns for p in extractors] == stamps
     resumed = pd.read_csv(tmp_path / "out" / "results.csv")
@@ -173,11 +173,13 @@ def test_bench_fewshot_leaves_one_dataset_out_and_prints_the_goals(tmp_path, cap
     pd.testing.assert_frame_equal(resumed.iloc[:len(results)].reset_index(drop=True), results)  # kept as they were
     new = resumed.iloc[len(results):]
     assert not resumed.duplicated(key).any() and new.val_dice.between(0, 1).all()    # held-out train rows scored
-    compared = {f"{m}_{v}" for m in ("logistic", "bfgs", "adapted") for v in ("filters", "pooled", "msd", "levels2")}
+    compared = {f"{m}_{v}" for m in ("logistic", "bfgs", "adapted") for v in ("filters", "pooled", "msd", "levels2", "anchor")}
     assert set(new[new.shots == 1].method) == compared                              # only the new variants at K=1
     assert set(new[new.shots == 2].method) == {"logistic", "bfgs", "adapted"} | compared
     printed = capsys.readouterr().out
     assert "goal BFGS >= logistic (bfgs_filters)" in printed and "goal BFGS >= logistic (bfgs_pooled)" in printed
+    anchored = yaml.safe_load((tmp_path / "out" / "adapted" / "set_a" / "k1_s0_anchor_adaptation.yaml").read_text())
+    assert anchored["dice_anchor"] == "logistic" and report["dice_anchor"] == "zero"
     msd_only = yaml.safe_load((tmp_path / "out" / "adapted" / "set_a" / "k1_s0_msd_adaptation.yaml").read_text())
     assert [e["path"] for e in msd_only["extractors"]] == [report["extractors"][0]["path"]]
     levels = yaml.safe_load((tmp_path / "out" / "adapted" / "set_a" / "k1_s0_levels2_adaptation.yaml").read_text())
@@ -204,6 +206,16 @@ def test_bench_fewshot_leaves_one_dataset_out_and_prints_the_goals(tmp_path, cap
     assert predicted and predicted <= rows["train"] and not predicted & rows["test"]    # validation rows only
     printed = capsys.readouterr().out
     assert "config=tiles2 mean_val_dice=" in printed and "config=ref kept_vs_solutions" in printed
+
+
+def test_bench_fewshot_goal_lines_of_a_references_only_run():
+    """--draws 0 trains the extractors and references only (to resume later): its summary says so, no crash."""
+    import pandas as pd
+
+    bench = _load("bench_fewshot")
+    frame = pd.DataFrame([{"target": "a", "shots": 20, "draw": -1, "seed": -1, "method": "full", "dice": 0.8,
+                           "seconds": 720.0}])
+    assert bench.goal_lines(frame, bench.summarize(frame)) == [bench.NO_DRAWS]
 
 
 def test_screen_fewshot_parses_adaptation_settings_and_counts_draws():

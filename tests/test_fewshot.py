@@ -139,7 +139,9 @@ def test_solver_gradients_match_finite_differences():
     z, y, s = rng.normal(size=(300, 6)), (rng.random(300) < 0.3).astype(float), rng.uniform(0.5, 2, 300)
     theta = rng.normal(size=7) * 0.3
     groups = rng.integers(0, 4, 300)
-    for loss, extra in ((solver.logistic_loss, ()), (solver.dice_loss, ()), (solver.dice_loss, (groups,))):
+    anchor = rng.normal(size=6)
+    for loss, extra in ((solver.logistic_loss, ()), (solver.dice_loss, ()), (solver.dice_loss, (groups,)),
+                        (solver.dice_loss, (groups, 1e-6, anchor))):
         numeric = approx_fprime(theta, lambda t: loss(t, z, y, s, 0.01, *extra)[0], 1e-7)
         np.testing.assert_allclose(loss(theta, z, y, s, 0.01, *extra)[1], numeric, atol=1e-5)
 
@@ -196,6 +198,26 @@ def test_bfgs_on_dice_improves_on_logistic_regression_and_weights_fold_exactly()
     kernel, bias = sol.kernel_bias()                                          # standardisation folded in
     z = sol.standardization.apply(x)
     np.testing.assert_allclose(x @ kernel + bias, z @ sol.theta[:-1] + sol.theta[-1], atol=1e-8)
+
+
+def test_dice_step_anchored_on_the_logistic_weights_stays_nearer_them():
+    """The penalty centred on the logistic weights: with a strong λ the Dice step barely leaves them; with the
+    paper's centre (0) the same λ pulls the weights toward zero instead."""
+    x, y = _imbalanced_problem(seed=1)
+    groups = np.arange(len(y)) % 3
+    z = solver.standardization(x, np.ones(len(y))).apply(x)
+    s = np.ones(len(y))
+    start = solver.fit_logistic(z, y, s, 1e-3)
+    moved = {}
+    for anchor, lam in (("logistic", 1.0), ("logistic", 1e-5), ("zero", 1.0)):
+        theta, _ = solver.fit_dice(z, y, s, lam, start, groups, anchor)
+        moved[anchor, lam] = float(np.linalg.norm(theta[:-1] - start[:-1]))
+    assert moved["logistic", 1.0] < 0.5 * moved["logistic", 1e-5]
+    assert moved["logistic", 1.0] < 0.5 * moved["zero", 1.0]
+    sol = solver.solve(x, y, s, groups, seed=0, dice_anchor="logistic")
+    assert sol.dice_anchor == "logistic" and sol.dice_bfgs >= sol.dice_logistic - 1e-9
+    with pytest.raises(ValueError, match="dice_anchor must be one of zero, logistic"):
+        solver.solve(x, y, s, groups, dice_anchor="origin")
 
 
 def test_lambda_is_chosen_on_held_out_images():
@@ -379,13 +401,15 @@ def test_cli_adapt_then_predict_and_evaluate_unchanged(fs, tmp_path, capsys):
     assert report_path(out).is_file()
     report = yaml.safe_load(report_path(out).read_text())
     assert report["image_filters"]["sigmas"] == list(DEFAULT_FILTER_SIGMAS) and report["dice_average"] == "image"
+    assert report["dice_anchor"] == "zero"
     assert report["config"]["feature_levels"] == 1
     filtered = tmp_path / "new" / "filtered.keras"
     assert main(["adapt", "--extractor", fs.extractors[0], "--support", str(fs.manifest), "--shots", "2",
                  "--out", str(filtered), "--filter-sigmas", "1,3", "--dice-average", "pooled",
-                 "--feature-levels", "2", "--quiet"]) == 0
+                 "--feature-levels", "2", "--dice-anchor", "logistic", "--quiet"]) == 0
     report = yaml.safe_load(report_path(filtered).read_text())
     assert report["image_filters"] == {"sigmas": [1.0, 3.0], "features": 11} and report["dice_average"] == "pooled"
+    assert report["dice_anchor"] == "logistic" and "W_logistic" in report["optimizers"]["bfgs"]
     assert report["extractors"][0]["strides"] == [1, 2]
     assert main(["adapt", "--extractor", fs.extractors[1], "--support", str(fs.manifest), "--out",
                  str(tmp_path / "bad" / "a.keras"), "--dice-average", "mean", "--quiet"]) == 2

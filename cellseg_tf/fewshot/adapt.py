@@ -26,8 +26,8 @@ from ..models.layers import FILTER_TRUNCATE, filter_radius
 from ..models.metadata import describe
 from ..predict.options import DEFAULT_NORM, run_normalization
 from .extractors import build_adapted_model, common_input_shape, load_extractors, set_head
-from .solver import (BFGS_GTOL, DEFAULT_DICE_AVERAGE, DEFAULT_LAMBDAS, DICE_METHOD, LOGISTIC_MAXITER, Solution,
-                     check_dice_average, solve)
+from .solver import (BFGS_GTOL, DEFAULT_DICE_ANCHOR, DEFAULT_DICE_AVERAGE, DEFAULT_LAMBDAS, DICE_METHOD,
+                     LOGISTIC_MAXITER, Solution, check_dice_anchor, check_dice_average, solve)
 from .support import default_max_tiles, draw_support, load_support, sample_support, tile_size
 
 DEFAULT_MAX_PIXELS = 40_000
@@ -53,6 +53,8 @@ class AdaptConfig:
     upsampled to full resolution (`extractors.coarser_maps`, hypercolumns after Hariharan 2015; an MSD has none).
     dice_average: the BFGS step's Dice, "image" (mean of the support images' Dice, as evaluation averages) or
     "pooled" (one Dice over all support pixels); see `solver`.
+    dice_anchor: centre of the BFGS step's L2 penalty, "zero" (λ‖W‖², the paper's) or "logistic" (λ‖W − W_logistic‖²:
+    the step stays near the logistic solution unless the support Dice pays for moving); see `solver`.
     """
 
     extractors: list[str] = field(default_factory=list)
@@ -70,6 +72,7 @@ class AdaptConfig:
     filter_sigmas: list[float] = field(default_factory=lambda: list(DEFAULT_FILTER_SIGMAS))
     feature_levels: int = DEFAULT_FEATURE_LEVELS
     dice_average: str = DEFAULT_DICE_AVERAGE
+    dice_anchor: str = DEFAULT_DICE_ANCHOR
     batch_size: int = 4
     verbose: int = 1
 
@@ -95,6 +98,7 @@ class AdaptConfig:
         if self.feature_levels < 1:
             raise ValueError(f"feature_levels must be >= 1, got {self.feature_levels}")
         check_dice_average(self.dice_average)
+        check_dice_anchor(self.dice_anchor)
         return self
 
     def normalization(self, extractor_paths: list[str]) -> tuple[float, float]:
@@ -156,7 +160,7 @@ def adapt(config: AdaptConfig, *, save: bool = True) -> AdaptResult:
                             config.batch_size, progress=config.verbose > 0)
     t_features = time.perf_counter()
     solution = solve(pixels.x, pixels.y, pixels.weight, pixels.group, config.lambdas, config.seed,
-                     config.dice_average)
+                     config.dice_average, config.dice_anchor)
     set_head(model, *solution.kernel_bias())
     describe(model, channels=int(input_shape[2]), norm_low=low, norm_high=high, mask_threshold=config.mask_threshold,
              patch_size=tile, version=__version__)      # the .keras file says how to normalise its inputs
@@ -178,8 +182,10 @@ def adapt(config: AdaptConfig, *, save: bool = True) -> AdaptResult:
         "optimizers": {"logistic": f"scipy L-BFGS-B, at most {LOGISTIC_MAXITER} iterations (cross-entropy + "
                                    "lambda*|W|^2)",
                        "bfgs": f"scipy {DICE_METHOD}, gradient max-norm < {BFGS_GTOL:g} (1 - soft Dice + "
-                               "lambda*|W|^2)"},
+                               + ("lambda*|W|^2)" if solution.dice_anchor == "zero" else
+                                  "lambda*|W - W_logistic|^2)")},
         "dice_average": solution.dice_average,
+        "dice_anchor": solution.dice_anchor,
         "bfgs_iterations": solution.bfgs_iterations,
         "support_dice": {"logistic": solution.dice_logistic, "bfgs": solution.dice_bfgs,
                          "soft_logistic": solution.soft_dice_logistic, "soft_bfgs": solution.soft_dice_bfgs},

@@ -7,8 +7,9 @@ sums estimate sums over the whole images), θ = (w (d,), b) the perceptron, z = 
 1. Standardise: each feature to zero weighted mean and unit weighted standard deviation (constant features keep
    scale 1 and end with weight 0 under the L2 penalty).
 2. Logistic regression with L2: minimise Σ s·(softplus(z) − y·z) / Σ s + λ‖w‖² (scipy L-BFGS-B).
-3. From that start, the paper's BFGS step on the soft Dice loss 1 − (2·Σ s·p·y + ε) / (Σ s·p + Σ s·y + ε) + λ‖w‖²,
-   p = σ(z). By default the Dice is each support image's, averaged over the images (`dice_average="image"`), as
+3. From that start, the paper's BFGS step on the soft Dice loss 1 − (2·Σ s·p·y + ε) / (Σ s·p + Σ s·y + ε) + λ‖w − a‖²,
+   p = σ(z), where the penalty's centre a is 0 (`dice_anchor="zero"`, the paper's L2) or the logistic weights
+   (`"logistic"`: the Dice step may move away from the logistic solution only as far as the support Dice pays for). By default the Dice is each support image's, averaged over the images (`dice_average="image"`), as
    the evaluation scores a model (mean per-image Dice); "pooled" sums over all support pixels at once, where images
    with much foreground outweigh sparse ones and false positives on sparse images cost little. Run with scipy's
    limited-memory BFGS (`scipy.optimize.minimize(method="L-BFGS-B")`, analytic gradient, stop at gradient
@@ -44,6 +45,8 @@ HOLDOUT_FRACTION = 0.25
 SELECTION_PIXELS = 20_000  # λ candidates are fitted on at most this many pixels (a seeded subsample)
 DICE_AVERAGES = ("image", "pooled")  # Dice of the BFGS step: mean over support images | over all support pixels
 DEFAULT_DICE_AVERAGE = "image"       # matches the evaluation (mean per-image Dice); docs/FEWSHOT.md, measured
+DICE_ANCHORS = ("zero", "logistic")  # centre of the BFGS step's L2 penalty: 0 | the logistic weights
+DEFAULT_DICE_ANCHOR = "zero"         # the paper's
 
 
 @dataclass
@@ -115,14 +118,16 @@ def hard_dice(theta: np.ndarray, z: np.ndarray, y: np.ndarray, s: np.ndarray,
 
 
 def dice_loss(theta: np.ndarray, z: np.ndarray, y: np.ndarray, s: np.ndarray, lam: float,
-              groups: np.ndarray | None = None, eps: float = 1e-6):
-    """1 − soft Dice (mean over images, or pooled when groups=None) + λ‖w‖², and its gradient (d + 1,)."""
+              groups: np.ndarray | None = None, eps: float = 1e-6, anchor: np.ndarray | None = None):
+    """1 − soft Dice (mean over images, or pooled when groups=None) + λ‖w − anchor‖² (anchor (d,), None: 0), and
+    its gradient (d + 1,)."""
     p = expit(_logits(theta, z))
     inter, union, g, n_images = _dice_terms(p, y, s, groups, eps)
     d_dice_dp = s * (2 * y * union[g] - 2 * inter[g]) / union[g] ** 2 / n_images
     r = -d_dice_dp * p * (1 - p)                    # d loss / d logit
-    grad = np.append(z.T @ r + 2 * lam * theta[:-1], r.sum())
-    return 1.0 - float(np.mean(2 * inter / union)) + lam * theta[:-1] @ theta[:-1], grad
+    dw = theta[:-1] if anchor is None else theta[:-1] - anchor
+    grad = np.append(z.T @ r + 2 * lam * dw, r.sum())
+    return 1.0 - float(np.mean(2 * inter / union)) + lam * dw @ dw, grad
 
 
 def fit_logistic(z: np.ndarray, y: np.ndarray, s: np.ndarray, lam: float) -> np.ndarray:
@@ -135,10 +140,12 @@ def fit_logistic(z: np.ndarray, y: np.ndarray, s: np.ndarray, lam: float) -> np.
 
 
 def fit_dice(z: np.ndarray, y: np.ndarray, s: np.ndarray, lam: float, theta0: np.ndarray,
-             groups: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+             groups: np.ndarray | None = None, anchor: str = DEFAULT_DICE_ANCHOR) -> tuple[np.ndarray, int]:
     """(θ, iterations) minimising `dice_loss` (per-image mean over `groups`, or pooled) from θ0 with scipy's
-    `DICE_METHOD` (stops on the gradient norm)."""
-    res = optimize.minimize(dice_loss, theta0, args=(z, y, s, lam, groups), jac=True, method=DICE_METHOD,
+    `DICE_METHOD` (stops on the gradient norm); anchor "logistic" centres the penalty on θ0's weights."""
+    centre = np.array(theta0[:-1], np.float64) if check_dice_anchor(anchor) == "logistic" else None
+    res = optimize.minimize(dice_loss, theta0, args=(z, y, s, lam, groups, 1e-6, centre), jac=True,
+                            method=DICE_METHOD,
                             options={"gtol": BFGS_GTOL, "ftol": 1e-15, "maxiter": BFGS_MAXITER})
     return res.x, int(res.nit)
 
@@ -173,6 +180,7 @@ class Solution:
     bfgs_iterations: int
     lambda_scores: dict = field(default_factory=dict)   # λ -> held-out hard Dice (logistic + BFGS)
     dice_average: str = DEFAULT_DICE_AVERAGE             # "image" | "pooled": how every Dice here is averaged
+    dice_anchor: str = DEFAULT_DICE_ANCHOR               # "zero" | "logistic": centre of the BFGS step's penalty
 
     @property
     def theta(self) -> np.ndarray:
@@ -218,17 +226,27 @@ def check_dice_average(value: str) -> str:
     return value
 
 
+def check_dice_anchor(value: str) -> str:
+    """`value` if it names one of DICE_ANCHORS, else a ValueError listing them."""
+    if value not in DICE_ANCHORS:
+        raise ValueError(f"dice_anchor must be one of {', '.join(DICE_ANCHORS)}, got {value!r}")
+    return value
+
+
 def solve(x: np.ndarray, y: np.ndarray, s: np.ndarray, groups: np.ndarray, lambdas=DEFAULT_LAMBDAS,
-          seed: int = 0, dice_average: str = DEFAULT_DICE_AVERAGE) -> Solution:
+          seed: int = 0, dice_average: str = DEFAULT_DICE_AVERAGE,
+          dice_anchor: str = DEFAULT_DICE_ANCHOR) -> Solution:
     """Steps 1–5 of the module docstring. x: (n, d) features, y: (n,) {0, 1}, s: (n,) > 0, groups: (n,) image ids;
-    dice_average: "image" (mean of the support images' Dice) | "pooled" (one Dice over all support pixels)."""
+    dice_average: "image" (mean of the support images' Dice) | "pooled" (one Dice over all support pixels);
+    dice_anchor: centre of the BFGS step's L2 penalty, "zero" | "logistic" (the logistic weights)."""
     check_dice_average(dice_average)
+    check_dice_anchor(dice_anchor)
     with single_threaded_blas():
-        return _solve(x, y, s, groups, lambdas, seed, dice_average)
+        return _solve(x, y, s, groups, lambdas, seed, dice_average, dice_anchor)
 
 
 def _solve(x: np.ndarray, y: np.ndarray, s: np.ndarray, groups: np.ndarray, lambdas, seed: int,
-           dice_average: str) -> Solution:
+           dice_average: str, dice_anchor: str) -> Solution:
     y = np.asarray(y, np.float64)
     s = np.asarray(s, np.float64)
     if not (y > 0).any() or (y > 0).all():
@@ -249,7 +267,7 @@ def _solve(x: np.ndarray, y: np.ndarray, s: np.ndarray, groups: np.ndarray, lamb
         zf, yf, sf, pf = z[fit], y[fit], s[fit], per[fit]
 
         def heldout_dice(lam: float) -> float:
-            theta, _ = fit_dice(zf, yf, sf, lam, fit_logistic(zf, yf, sf, lam), pf)
+            theta, _ = fit_dice(zf, yf, sf, lam, fit_logistic(zf, yf, sf, lam), pf, dice_anchor)
             return hard_dice(theta, z[val], y[val], s[val], per[val])
 
         if (yf > 0).any() and not (yf > 0).all():     # else no candidate can be fitted: all NaN, the largest λ
@@ -262,8 +280,8 @@ def _solve(x: np.ndarray, y: np.ndarray, s: np.ndarray, groups: np.ndarray, lamb
     finite = {k: v for k, v in scores.items() if np.isfinite(v)}
     lam = max(finite, key=lambda k: (finite[k], k)) if finite else lambdas[-1]
     theta_lr = fit_logistic(z, y, s, lam)
-    theta_bfgs, iterations = fit_dice(z, y, s, lam, theta_lr, per)
+    theta_bfgs, iterations = fit_dice(z, y, s, lam, theta_lr, per, dice_anchor)
     dice_lr, dice_bfgs = hard_dice(theta_lr, z, y, s, per), hard_dice(theta_bfgs, z, y, s, per)
     return Solution(st, lam, theta_lr, theta_bfgs, "bfgs" if dice_bfgs >= dice_lr else "logistic", dice_lr,
                     dice_bfgs, soft_dice(theta_lr, z, y, s, per), soft_dice(theta_bfgs, z, y, s, per), iterations,
-                    {float(k): float(v) for k, v in scores.items()}, dice_average)
+                    {float(k): float(v) for k, v in scores.items()}, dice_average, dice_anchor)
