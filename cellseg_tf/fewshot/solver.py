@@ -9,9 +9,11 @@ sums estimate sums over the whole images), θ = (w (d,), b) the perceptron, z = 
 2. Logistic regression with L2: minimise Σ s·(softplus(z) − y·z) / Σ s + λ‖w‖² (scipy L-BFGS-B).
 3. From that start, the paper's BFGS step on the soft Dice loss 1 − (2·Σ s·p·y + ε) / (Σ s·p + Σ s·y + ε) + λ‖w − a‖²,
    p = σ(z), where the penalty's centre a is 0 (`dice_anchor="zero"`, the paper's L2) or the logistic weights
-   (`"logistic"`: the Dice step may move away from the logistic solution only as far as the support Dice pays for). By default the Dice is each support image's, averaged over the images (`dice_average="image"`), as
-   the evaluation scores a model (mean per-image Dice); "pooled" sums over all support pixels at once, where images
-   with much foreground outweigh sparse ones and false positives on sparse images cost little. Run with scipy's
+   (`"logistic"`: the Dice step moves away from the logistic solution only as far as the support Dice pays for;
+   measured and not adopted, docs/FEWSHOT.md). By default the Dice is each support image's, averaged over the
+   images (`dice_average="image"`), as the evaluation scores a model (mean per-image Dice); "pooled" sums over all
+   support pixels at once, where images with much foreground outweigh sparse ones and false positives on sparse
+   images cost little. Run with scipy's
    limited-memory BFGS (`scipy.optimize.minimize(method="L-BFGS-B")`, analytic gradient, stop at gradient
    max-norm < 1e-5 as in the paper). Full BFGS (method="BFGS") reaches the same optimum, but on real features it
    needed 3–5× the iterations (e.g. 394 against 73 at the same loss and Dice); the results and the report call
@@ -47,6 +49,7 @@ DICE_AVERAGES = ("image", "pooled")  # Dice of the BFGS step: mean over support 
 DEFAULT_DICE_AVERAGE = "image"       # matches the evaluation (mean per-image Dice); docs/FEWSHOT.md, measured
 DICE_ANCHORS = ("zero", "logistic")  # centre of the BFGS step's L2 penalty: 0 | the logistic weights
 DEFAULT_DICE_ANCHOR = "zero"         # the paper's
+DICE_EPS = 1e-6                      # smoothing of the soft Dice: (2·inter + ε) / (union + ε)
 
 
 @dataclass
@@ -100,7 +103,7 @@ def _dice_terms(p: np.ndarray, y: np.ndarray, s: np.ndarray, groups: np.ndarray 
 
 
 def soft_dice(theta: np.ndarray, z: np.ndarray, y: np.ndarray, s: np.ndarray, groups: np.ndarray | None = None,
-              eps: float = 1e-6) -> float:
+              eps: float = DICE_EPS) -> float:
     """Weighted soft Dice of p = σ(z·w + b) against y, in [0, 1]: the mean over images (`groups`), or pooled."""
     inter, union, _, _ = _dice_terms(expit(_logits(theta, z)), y, s, groups, eps)
     return float(np.mean(2 * inter / union))
@@ -118,7 +121,7 @@ def hard_dice(theta: np.ndarray, z: np.ndarray, y: np.ndarray, s: np.ndarray,
 
 
 def dice_loss(theta: np.ndarray, z: np.ndarray, y: np.ndarray, s: np.ndarray, lam: float,
-              groups: np.ndarray | None = None, eps: float = 1e-6, anchor: np.ndarray | None = None):
+              groups: np.ndarray | None = None, eps: float = DICE_EPS, anchor: np.ndarray | None = None):
     """1 − soft Dice (mean over images, or pooled when groups=None) + λ‖w − anchor‖² (anchor (d,), None: 0), and
     its gradient (d + 1,)."""
     p = expit(_logits(theta, z))
@@ -144,7 +147,7 @@ def fit_dice(z: np.ndarray, y: np.ndarray, s: np.ndarray, lam: float, theta0: np
     """(θ, iterations) minimising `dice_loss` (per-image mean over `groups`, or pooled) from θ0 with scipy's
     `DICE_METHOD` (stops on the gradient norm); anchor "logistic" centres the penalty on θ0's weights."""
     centre = np.array(theta0[:-1], np.float64) if check_dice_anchor(anchor) == "logistic" else None
-    res = optimize.minimize(dice_loss, theta0, args=(z, y, s, lam, groups, 1e-6, centre), jac=True,
+    res = optimize.minimize(dice_loss, theta0, args=(z, y, s, lam, groups, DICE_EPS, centre), jac=True,
                             method=DICE_METHOD,
                             options={"gtol": BFGS_GTOL, "ftol": 1e-15, "maxiter": BFGS_MAXITER})
     return res.x, int(res.nit)
