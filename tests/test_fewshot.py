@@ -139,9 +139,9 @@ def test_solver_gradients_match_finite_differences():
     z, y, s = rng.normal(size=(300, 6)), (rng.random(300) < 0.3).astype(float), rng.uniform(0.5, 2, 300)
     theta = rng.normal(size=7) * 0.3
     groups = rng.integers(0, 4, 300)
-    anchor = rng.normal(size=6)
+    centre = rng.normal(size=6)
     for loss, extra in ((solver.logistic_loss, ()), (solver.dice_loss, ()), (solver.dice_loss, (groups,)),
-                        (solver.dice_loss, (groups, 1e-6, anchor))):
+                        (solver.dice_loss, (groups, 1e-6, centre))):
         numeric = approx_fprime(theta, lambda t: loss(t, z, y, s, 0.01, *extra)[0], 1e-7)
         np.testing.assert_allclose(loss(theta, z, y, s, 0.01, *extra)[1], numeric, atol=1e-5)
 

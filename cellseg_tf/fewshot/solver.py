@@ -121,14 +121,14 @@ def hard_dice(theta: np.ndarray, z: np.ndarray, y: np.ndarray, s: np.ndarray,
 
 
 def dice_loss(theta: np.ndarray, z: np.ndarray, y: np.ndarray, s: np.ndarray, lam: float,
-              groups: np.ndarray | None = None, eps: float = DICE_EPS, anchor: np.ndarray | None = None):
-    """1 − soft Dice (mean over images, or pooled when groups=None) + λ‖w − anchor‖² (anchor (d,), None: 0), and
+              groups: np.ndarray | None = None, eps: float = DICE_EPS, centre: np.ndarray | None = None):
+    """1 − soft Dice (mean over images, or pooled when groups=None) + λ‖w − centre‖² (centre (d,), None: 0), and
     its gradient (d + 1,)."""
     p = expit(_logits(theta, z))
     inter, union, g, n_images = _dice_terms(p, y, s, groups, eps)
     d_dice_dp = s * (2 * y * union[g] - 2 * inter[g]) / union[g] ** 2 / n_images
     r = -d_dice_dp * p * (1 - p)                    # d loss / d logit
-    dw = theta[:-1] if anchor is None else theta[:-1] - anchor
+    dw = theta[:-1] if centre is None else theta[:-1] - centre
     grad = np.append(z.T @ r + 2 * lam * dw, r.sum())
     return 1.0 - float(np.mean(2 * inter / union)) + lam * dw @ dw, grad
 
