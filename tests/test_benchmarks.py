@@ -165,7 +165,8 @@ def test_bench_fewshot_leaves_one_dataset_out_and_prints_the_goals(tmp_path, cap
     assert _load("bench_fewshot").main(["--data", str(tmp_path / "data"), "--out", str(tmp_path / "out"), "--quick",
                                         "--minutes", "0.02", "--shots", "2,1", "--draws", "1",
                                         "--extractor-depth", "3", "--skip-scratch", "--resume",
-                                        "--compare-filters", "1,2", "--compare-pooled-dice", "--compare-msd-only", "--compare-anchor",
+                                        "--compare-filters", "1,2", "--compare-pooled-dice", "--compare-msd-only",
+                                        "--compare-anchor",
                                         "--compare-feature-levels", "2", "--val-rows", "1"]) == 0
     assert [p.stat().st_mtime_ns for p in extractors] == stamps
     resumed = pd.read_csv(tmp_path / "out" / "results.csv")
@@ -173,7 +174,8 @@ def test_bench_fewshot_leaves_one_dataset_out_and_prints_the_goals(tmp_path, cap
     pd.testing.assert_frame_equal(resumed.iloc[:len(results)].reset_index(drop=True), results)  # kept as they were
     new = resumed.iloc[len(results):]
     assert not resumed.duplicated(key).any() and new.val_dice.between(0, 1).all()    # held-out train rows scored
-    compared = {f"{m}_{v}" for m in ("logistic", "bfgs", "adapted") for v in ("filters", "pooled", "msd", "levels2", "anchor")}
+    compared = {f"{m}_{v}" for m in ("logistic", "bfgs", "adapted")
+                for v in ("filters", "pooled", "msd", "levels2", "anchor")}
     assert set(new[new.shots == 1].method) == compared                              # only the new variants at K=1
     assert set(new[new.shots == 2].method) == {"logistic", "bfgs", "adapted"} | compared
     printed = capsys.readouterr().out

@@ -141,7 +141,7 @@ def test_solver_gradients_match_finite_differences():
     groups = rng.integers(0, 4, 300)
     centre = rng.normal(size=6)
     for loss, extra in ((solver.logistic_loss, ()), (solver.dice_loss, ()), (solver.dice_loss, (groups,)),
-                        (solver.dice_loss, (groups, 1e-6, centre))):
+                        (solver.dice_loss, (groups, solver.DICE_EPS, centre))):
         numeric = approx_fprime(theta, lambda t: loss(t, z, y, s, 0.01, *extra)[0], 1e-7)
         np.testing.assert_allclose(loss(theta, z, y, s, 0.01, *extra)[1], numeric, atol=1e-5)
 

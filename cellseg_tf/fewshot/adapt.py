@@ -27,7 +27,7 @@ from ..models.metadata import describe
 from ..predict.options import DEFAULT_NORM, run_normalization
 from .extractors import build_adapted_model, common_input_shape, load_extractors, set_head
 from .solver import (BFGS_GTOL, DEFAULT_DICE_ANCHOR, DEFAULT_DICE_AVERAGE, DEFAULT_LAMBDAS, DICE_METHOD,
-                     LOGISTIC_MAXITER, Solution, check_dice_anchor, check_dice_average, solve)
+                     LOGISTIC_MAXITER, Solution, check_choice, solve)
 from .support import default_max_tiles, draw_support, load_support, sample_support, tile_size
 
 DEFAULT_MAX_PIXELS = 40_000
@@ -53,8 +53,9 @@ class AdaptConfig:
     upsampled to full resolution (`extractors.coarser_maps`, hypercolumns after Hariharan 2015; an MSD has none).
     dice_average: the BFGS step's Dice, "image" (mean of the support images' Dice, as evaluation averages) or
     "pooled" (one Dice over all support pixels); see `solver`.
-    dice_anchor: centre of the BFGS step's L2 penalty, "zero" (λ‖W‖², the paper's) or "logistic" (λ‖W − W_logistic‖²:
-    the step stays near the logistic solution unless the support Dice pays for moving); see `solver`.
+    dice_anchor: centre of the BFGS step's L2 penalty, "zero" (λ‖W‖², the paper's) or "logistic"
+    (λ‖W − W_logistic‖²: the step stays near the logistic solution unless the support Dice pays for moving);
+    see `solver`.
     """
 
     extractors: list[str] = field(default_factory=list)
@@ -97,8 +98,8 @@ class AdaptConfig:
             raise ValueError(f"filter sigmas must be positive, got {self.filter_sigmas}")
         if self.feature_levels < 1:
             raise ValueError(f"feature_levels must be >= 1, got {self.feature_levels}")
-        check_dice_average(self.dice_average)
-        check_dice_anchor(self.dice_anchor)
+        check_choice("dice_average", self.dice_average)
+        check_choice("dice_anchor", self.dice_anchor)
         return self
 
     def normalization(self, extractor_paths: list[str]) -> tuple[float, float]:

@@ -7,13 +7,13 @@ sums estimate sums over the whole images), θ = (w (d,), b) the perceptron, z = 
 1. Standardise: each feature to zero weighted mean and unit weighted standard deviation (constant features keep
    scale 1 and end with weight 0 under the L2 penalty).
 2. Logistic regression with L2: minimise Σ s·(softplus(z) − y·z) / Σ s + λ‖w‖² (scipy L-BFGS-B).
-3. From that start, the paper's BFGS step on the soft Dice loss 1 − (2·Σ s·p·y + ε) / (Σ s·p + Σ s·y + ε) + λ‖w − a‖²,
-   p = σ(z), where the penalty's centre a is 0 (`dice_anchor="zero"`, the paper's L2) or the logistic weights
-   (`"logistic"`: the Dice step moves away from the logistic solution only as far as the support Dice pays for;
-   measured and not adopted, docs/FEWSHOT.md). By default the Dice is each support image's, averaged over the
-   images (`dice_average="image"`), as the evaluation scores a model (mean per-image Dice); "pooled" sums over all
-   support pixels at once, where images with much foreground outweigh sparse ones and false positives on sparse
-   images cost little. Run with scipy's
+3. From that start, the paper's BFGS step on the soft Dice loss
+   1 − (2·Σ s·p·y + ε) / (Σ s·p + Σ s·y + ε) + λ‖w − a‖², p = σ(z), where the penalty's centre a is 0
+   (`dice_anchor="zero"`, the paper's L2) or the logistic weights (`"logistic"`: the Dice step moves away from the
+   logistic solution only as far as the support Dice pays for; measured and not adopted, docs/FEWSHOT.md). By
+   default the Dice is each support image's, averaged over the images (`dice_average="image"`), as the
+   evaluation scores a model (mean per-image Dice); "pooled" sums over all support pixels at once, where images
+   with much foreground outweigh sparse ones and false positives on sparse images cost little. Run with scipy's
    limited-memory BFGS (`scipy.optimize.minimize(method="L-BFGS-B")`, analytic gradient, stop at gradient
    max-norm < 1e-5 as in the paper). Full BFGS (method="BFGS") reaches the same optimum, but on real features it
    needed 3–5× the iterations (e.g. 394 against 73 at the same loss and Dice); the results and the report call
@@ -49,6 +49,7 @@ DICE_AVERAGES = ("image", "pooled")  # Dice of the BFGS step: mean over support 
 DEFAULT_DICE_AVERAGE = "image"       # matches the evaluation (mean per-image Dice); docs/FEWSHOT.md, measured
 DICE_ANCHORS = ("zero", "logistic")  # centre of the BFGS step's L2 penalty: 0 | the logistic weights
 DEFAULT_DICE_ANCHOR = "zero"         # the paper's
+CHOICES = {"dice_average": DICE_AVERAGES, "dice_anchor": DICE_ANCHORS}  # the solver's named options
 DICE_EPS = 1e-6                      # smoothing of the soft Dice: (2·inter + ε) / (union + ε)
 
 
@@ -122,8 +123,8 @@ def hard_dice(theta: np.ndarray, z: np.ndarray, y: np.ndarray, s: np.ndarray,
 
 def dice_loss(theta: np.ndarray, z: np.ndarray, y: np.ndarray, s: np.ndarray, lam: float,
               groups: np.ndarray | None = None, eps: float = DICE_EPS, centre: np.ndarray | None = None):
-    """1 − soft Dice (mean over images, or pooled when groups=None) + λ‖w − centre‖² (centre (d,), None: 0), and
-    its gradient (d + 1,)."""
+    """1 − soft Dice (mean over images, or pooled when groups=None) + λ‖w − centre‖² (centre (d,), None: 0),
+    and its gradient (d + 1,)."""
     p = expit(_logits(theta, z))
     inter, union, g, n_images = _dice_terms(p, y, s, groups, eps)
     d_dice_dp = s * (2 * y * union[g] - 2 * inter[g]) / union[g] ** 2 / n_images
@@ -146,7 +147,7 @@ def fit_dice(z: np.ndarray, y: np.ndarray, s: np.ndarray, lam: float, theta0: np
              groups: np.ndarray | None = None, anchor: str = DEFAULT_DICE_ANCHOR) -> tuple[np.ndarray, int]:
     """(θ, iterations) minimising `dice_loss` (per-image mean over `groups`, or pooled) from θ0 with scipy's
     `DICE_METHOD` (stops on the gradient norm); anchor "logistic" centres the penalty on θ0's weights."""
-    centre = np.array(theta0[:-1], np.float64) if check_dice_anchor(anchor) == "logistic" else None
+    centre = np.array(theta0[:-1], np.float64) if check_choice("dice_anchor", anchor) == "logistic" else None
     res = optimize.minimize(dice_loss, theta0, args=(z, y, s, lam, groups, DICE_EPS, centre), jac=True,
                             method=DICE_METHOD,
                             options={"gtol": BFGS_GTOL, "ftol": 1e-15, "maxiter": BFGS_MAXITER})
@@ -222,17 +223,10 @@ def usable_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def check_dice_average(value: str) -> str:
-    """`value` if it names one of DICE_AVERAGES, else a ValueError listing them."""
-    if value not in DICE_AVERAGES:
-        raise ValueError(f"dice_average must be one of {', '.join(DICE_AVERAGES)}, got {value!r}")
-    return value
-
-
-def check_dice_anchor(value: str) -> str:
-    """`value` if it names one of DICE_ANCHORS, else a ValueError listing them."""
-    if value not in DICE_ANCHORS:
-        raise ValueError(f"dice_anchor must be one of {', '.join(DICE_ANCHORS)}, got {value!r}")
+def check_choice(name: str, value: str) -> str:
+    """`value` if it is one of the solver option `name`'s CHOICES, else a ValueError listing them."""
+    if value not in CHOICES[name]:
+        raise ValueError(f"{name} must be one of {', '.join(CHOICES[name])}, got {value!r}")
     return value
 
 
@@ -242,8 +236,8 @@ def solve(x: np.ndarray, y: np.ndarray, s: np.ndarray, groups: np.ndarray, lambd
     """Steps 1–5 of the module docstring. x: (n, d) features, y: (n,) {0, 1}, s: (n,) > 0, groups: (n,) image ids;
     dice_average: "image" (mean of the support images' Dice) | "pooled" (one Dice over all support pixels);
     dice_anchor: centre of the BFGS step's L2 penalty, "zero" | "logistic" (the logistic weights)."""
-    check_dice_average(dice_average)
-    check_dice_anchor(dice_anchor)
+    check_choice("dice_average", dice_average)
+    check_choice("dice_anchor", dice_anchor)
     with single_threaded_blas():
         return _solve(x, y, s, groups, lambdas, seed, dice_average, dice_anchor)
 
