@@ -8,7 +8,8 @@ For every target set T (a set with train and test rows):
   * few-shot: for K in `--shots` (1, 3, 5, 10; K <= T's train rows) and `--draws` seeded draws of K support images
     from T's train split, `cellseg_tf.fewshot.adapt` on the other sets' extractors; the test split is predicted with
     the logistic-regression weights and with the BFGS-on-Dice weights (reported separately) through the package's
-    ordinary predictor and scored with its evaluation; method "adapted" is the model `adapt` saves (the solution
+    ordinary predictor and scored with its evaluation (a model equal in architecture and weights to one already
+    scored in the draw is not predicted again); method "adapted" is the model `adapt` saves (the solution
     its report calls `chosen`, the row's too), scored from those two predictions;
   * reference (a): a U-Net (package defaults) trained from scratch on the same K images for the wall-clock time
     that adaptation (with the default extractors and options) took;
@@ -39,6 +40,7 @@ numbers mean nothing).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import sys
 import time
@@ -85,6 +87,17 @@ def train_model(manifest: Path, out: Path, model: str, seconds: float, args, sam
                          batch_size=args.batch_size, time_budget_s=max(seconds, 1.0), seed=args.seed, verbose=0,
                          model_options=options)
     return train(config, samples).best_model
+
+
+def model_fingerprint(model) -> str:
+    """SHA-1 of a Keras model's layer types (in order) and every weight with its shape, names left out (a clone's
+    differ): two models with one fingerprint predict alike, so a draw scores them once (e.g. the logistic step of
+    variants that differ only in the Dice step)."""
+    digest = hashlib.sha1(" ".join(type(layer).__name__ for layer in model.layers).encode())
+    for weight in model.get_weights():
+        digest.update(str(weight.shape).encode())
+        digest.update(np.ascontiguousarray(weight).tobytes())
+    return digest.hexdigest()
 
 
 def held_out_rows(train_rows, support, n: int, seed: int) -> list:
@@ -295,6 +308,7 @@ def main(argv=None) -> int:
                 support, _ = draw_support(sets[target], k, seed)            # the rows adapt() uses
                 held = held_out_rows(train_rows, support, args.val_rows, seed)
                 line = f"{target} K={k} seed={seed}:"
+                scored = {}                       # model fingerprint -> (test Dice, val Dice) within the draw
                 for suffix, overrides, with_full in todo:
                     config = AdaptConfig(extractors=sources[with_full], support=str(sets[target]), shots=k,
                                          seed=seed, out=str(out / "adapted" / target / f"{tag}{suffix}.keras"),
@@ -306,11 +320,16 @@ def main(argv=None) -> int:
                            "seconds": result.report["seconds"]["total"]}
                     for method in ("logistic", "bfgs"):
                         path = out / "adapted" / target / f"{tag}{suffix}_{method}.keras"
+                        model = result.model_with(method)
                         with atomic_path(path) as tmp:
-                            result.model_with(method).save(tmp)
-                        dice = test_dice(path, test, out / "pred" / target / f"{tag}{suffix}_{method}")
-                        val = test_dice(path, held, out / "pred" / target / f"{tag}{suffix}_{method}_val") \
-                            if held else np.nan
+                            model.save(tmp)
+                        fingerprint = model_fingerprint(model)
+                        if fingerprint not in scored:
+                            scored[fingerprint] = (
+                                test_dice(path, test, out / "pred" / target / f"{tag}{suffix}_{method}"),
+                                test_dice(path, held, out / "pred" / target / f"{tag}{suffix}_{method}_val")
+                                if held else np.nan)
+                        dice, val = scored[fingerprint]
                         results.append({**row, "method": method + suffix, "dice": dice, "val_dice": val})
                         done[(*key, method + suffix)] = results[-1]
                         line += f" {method + suffix} {dice:.4f}" + (f" (val {val:.4f})" if held else "")

@@ -186,6 +186,16 @@ def test_bench_fewshot_leaves_one_dataset_out_and_prints_the_goals(tmp_path, cap
     assert [e["path"] for e in msd_only["extractors"]] == [report["extractors"][0]["path"]]
     levels = yaml.safe_load((tmp_path / "out" / "adapted" / "set_a" / "k1_s0_levels2_adaptation.yaml").read_text())
     assert [e["strides"] for e in levels["extractors"]] == [[1], [1, 2]]     # the MSD has no coarser maps
+    # a model equal (architecture and weights) to one already scored in its draw is not predicted again
+    import keras
+
+    bench = _load("bench_fewshot")
+    saved = [p for p in sorted((tmp_path / "out" / "adapted" / "set_a").glob("k2_s0*.keras"))
+             if p.stem.endswith(("_logistic", "_bfgs"))]
+    assert len(saved) == 12                                               # 6 variants x (logistic, bfgs)
+    fingerprints = {bench.model_fingerprint(keras.models.load_model(p)) for p in saved}
+    predicted = [p for p in (tmp_path / "out" / "pred" / "set_a").glob("k2_s0*") if not p.name.endswith("_val")]
+    assert len(predicted) == len(fingerprints)
 
     # the validation-only screen reuses the run's extractors and never predicts the test split
     assert _load("screen_fewshot").main(["--bench", str(tmp_path / "out"), "--data", str(tmp_path / "data"),
@@ -208,6 +218,23 @@ def test_bench_fewshot_leaves_one_dataset_out_and_prints_the_goals(tmp_path, cap
     assert predicted and predicted <= rows["train"] and not predicted & rows["test"]    # validation rows only
     printed = capsys.readouterr().out
     assert "config=tiles2 mean_val_dice=" in printed and "config=ref kept_vs_solutions" in printed
+
+
+def test_bench_fewshot_fingerprints_models_by_architecture_and_weights():
+    import keras
+    import numpy as np
+
+    bench = _load("bench_fewshot")
+    inputs = keras.Input((8, 8, 1))
+    model = keras.Model(inputs, keras.layers.Conv2D(1, 1, name="head")(inputs))
+    twin = keras.models.clone_model(model)
+    twin.set_weights(model.get_weights())
+    assert bench.model_fingerprint(twin) == bench.model_fingerprint(model)
+    kernel, bias = twin.get_weights()
+    twin.set_weights([kernel, bias + np.float32(1e-6)])                  # one weight moved
+    assert bench.model_fingerprint(twin) != bench.model_fingerprint(model)
+    wider = keras.Model(inputs, keras.layers.Conv2D(1, 3, padding="same", name="head")(inputs))
+    assert bench.model_fingerprint(wider) != bench.model_fingerprint(model)
 
 
 def test_bench_fewshot_goal_lines_of_a_references_only_run():
