@@ -27,7 +27,7 @@ from ..models.metadata import describe
 from ..predict.options import DEFAULT_NORM, run_normalization
 from .extractors import build_adapted_model, common_input_shape, load_extractors, set_head
 from .solver import (BFGS_GTOL, DEFAULT_DICE_ANCHOR, DEFAULT_DICE_AVERAGE, DEFAULT_LAMBDAS, DICE_METHOD,
-                     LOGISTIC_MAXITER, Solution, check_choice, solve)
+                     LOGISTIC_MAXITER, PENALTIES, Solution, check_choice, solve)
 from .support import default_max_tiles, draw_support, load_support, sample_support, tile_size
 
 DEFAULT_MAX_PIXELS = 40_000
@@ -181,10 +181,9 @@ def adapt(config: AdaptConfig, *, save: bool = True) -> AdaptResult:
         "sampled": pixels.counts,
         "lambda": solution.lam, "lambda_heldout_dice": solution.lambda_scores,
         "optimizers": {"logistic": f"scipy L-BFGS-B, at most {LOGISTIC_MAXITER} iterations (cross-entropy + "
-                                   "lambda*|W|^2)",
+                                   f"{PENALTIES['zero']})",
                        "bfgs": f"scipy {DICE_METHOD}, gradient max-norm < {BFGS_GTOL:g} (1 - soft Dice + "
-                               + ("lambda*|W|^2)" if solution.dice_anchor == "zero" else
-                                  "lambda*|W - W_logistic|^2)")},
+                               f"{PENALTIES[solution.dice_anchor]})"},
         "dice_average": solution.dice_average,
         "dice_anchor": solution.dice_anchor,
         "bfgs_iterations": solution.bfgs_iterations,

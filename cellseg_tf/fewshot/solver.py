@@ -49,6 +49,7 @@ DICE_AVERAGES = ("image", "pooled")  # Dice of the BFGS step: mean over support 
 DEFAULT_DICE_AVERAGE = "image"       # matches the evaluation (mean per-image Dice); docs/FEWSHOT.md, measured
 DICE_ANCHORS = ("zero", "logistic")  # centre of the BFGS step's L2 penalty: 0 | the logistic weights
 DEFAULT_DICE_ANCHOR = "zero"         # the paper's
+PENALTIES = {"zero": "lambda*|W|^2", "logistic": "lambda*|W - W_logistic|^2"}  # each anchor's penalty, as reported
 CHOICES = {"dice_average": DICE_AVERAGES, "dice_anchor": DICE_ANCHORS}  # the solver's named options
 DICE_EPS = 1e-6                      # smoothing of the soft Dice: (2·inter + ε) / (union + ε)
 
@@ -149,8 +150,7 @@ def fit_dice(z: np.ndarray, y: np.ndarray, s: np.ndarray, lam: float, theta0: np
     `DICE_METHOD` (stops on the gradient norm); anchor "logistic" centres the penalty on θ0's weights."""
     centre = np.array(theta0[:-1], np.float64) if check_choice("dice_anchor", anchor) == "logistic" else None
     res = optimize.minimize(dice_loss, theta0, args=(z, y, s, lam, groups, DICE_EPS, centre), jac=True,
-                            method=DICE_METHOD,
-                            options={"gtol": BFGS_GTOL, "ftol": 1e-15, "maxiter": BFGS_MAXITER})
+                            method=DICE_METHOD, options={"gtol": BFGS_GTOL, "ftol": 1e-15, "maxiter": BFGS_MAXITER})
     return res.x, int(res.nit)
 
 
