@@ -100,6 +100,14 @@ def model_fingerprint(model) -> str:
     return digest.hexdigest()
 
 
+def target_extractors(msds: dict[str, Path], full: dict[str, Path], target: str) -> tuple[list[str], list[str]]:
+    """The extractors adapting to `target` uses: (the other sets' MSDs, the other sets' full-training U-Nets), each
+    in set order (a lab's earlier models; the target's own are left out)."""
+    def others(models: dict[str, Path]) -> list[str]:
+        return [str(m) for s, m in sorted(models.items()) if s != target]
+    return others(msds), others(full)
+
+
 def held_out_rows(train_rows, support, n: int, seed: int) -> list:
     """Up to n of the train rows with a mask that are not in the support set, drawn with `seed` (validation)."""
     used = {s.image for s in support}
@@ -294,8 +302,8 @@ def main(argv=None) -> int:
                 extractors[source] = train_model(sets[source], out / "extractors" / source, args.extractor_model,
                                                  ext_minutes * 60, args, samples[source], **ext_options)
                 print(f"extractor {args.extractor_model} on {source}: {time.perf_counter() - t:.0f} s", flush=True)
-        own = [str(extractors[s]) for s in sets if s != target]          # extractors, by "with full U-Nets"
-        sources = {False: own, True: own + [str(full_models[s]) for s in full_models if s != target]}
+        own, unets = target_extractors({s: extractors[s] for s in sets}, full_models, target)
+        sources = {False: own, True: own + unets}                  # extractors, by "with full U-Nets"
         for k in [k for k in shots if k <= len(train_rows)]:
             for draw in range(args.draws):
                 key = (target, k, draw)

@@ -27,7 +27,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_fewshot import ROOT, datasets, held_out_rows, test_dice  # noqa: E402
+from bench_fewshot import ROOT, datasets, held_out_rows, target_extractors, test_dice  # noqa: E402
 from bench_real import parse_candidate  # noqa: E402
 from cellseg_tf.common.files import atomic_path, write_text_atomic  # noqa: E402
 from cellseg_tf.data.io import open_manifest  # noqa: E402
@@ -104,8 +104,9 @@ def main(argv=None) -> int:
     for target in targets:
         if target not in sets:
             ap.error(f"unknown target {target!r}; sets: {', '.join(sets)}")
-        ext = [str(bench / "extractors" / s / "best.keras") for s in sets if s != target]
-        ext += [str(bench / "full" / s / "best.keras") for s in sorted(full) if s != target]
+        msds, unets = target_extractors({s: bench / "extractors" / s / "best.keras" for s in sets},
+                                        {s: bench / "full" / s / "best.keras" for s in full}, target)
+        ext = msds + unets
         missing = [p for p in ext if not Path(p).is_file()]
         if missing:
             raise SystemExit(f"{bench}: missing extractors for target {target}: {', '.join(missing)}")

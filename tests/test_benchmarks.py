@@ -237,6 +237,16 @@ def test_bench_fewshot_fingerprints_models_by_architecture_and_weights():
     assert bench.model_fingerprint(wider) != bench.model_fingerprint(model)
 
 
+def test_bench_fewshot_extractors_of_a_target_are_the_other_sets_models_in_set_order():
+    """bench_fewshot and screen_fewshot give a target the same extractors: never the target's own models."""
+    bench = _load("bench_fewshot")
+    msds = {"c": Path("msd/c"), "a": Path("msd/a"), "b": Path("msd/b")}
+    unets = {"b": Path("unet/b"), "a": Path("unet/a")}
+    assert bench.target_extractors(msds, unets, "a") == ([str(Path("msd/b")), str(Path("msd/c"))],
+                                                         [str(Path("unet/b"))])
+    assert bench.target_extractors(msds, {}, "c") == ([str(Path("msd/a")), str(Path("msd/b"))], [])
+
+
 def test_bench_fewshot_goal_lines_of_a_references_only_run():
     """--draws 0 trains the extractors and references only (to resume later): its summary says so, no crash."""
     import pandas as pd
