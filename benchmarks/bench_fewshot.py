@@ -302,7 +302,7 @@ def main(argv=None) -> int:
                 extractors[source] = train_model(sets[source], out / "extractors" / source, args.extractor_model,
                                                  ext_minutes * 60, args, samples[source], **ext_options)
                 print(f"extractor {args.extractor_model} on {source}: {time.perf_counter() - t:.0f} s", flush=True)
-        own, unets = target_extractors({s: extractors[s] for s in sets}, full_models, target)
+        own, unets = target_extractors(extractors, full_models, target)
         sources = {False: own, True: own + unets}                  # extractors, by "with full U-Nets"
         for k in [k for k in shots if k <= len(train_rows)]:
             for draw in range(args.draws):
