@@ -47,9 +47,9 @@ HOLDOUT_FRACTION = 0.25
 SELECTION_PIXELS = 20_000  # λ candidates are fitted on at most this many pixels (a seeded subsample)
 DICE_AVERAGES = ("image", "pooled")  # Dice of the BFGS step: mean over support images | over all support pixels
 DEFAULT_DICE_AVERAGE = "image"       # matches the evaluation (mean per-image Dice); docs/FEWSHOT.md, measured
-DICE_ANCHORS = ("zero", "logistic")  # centre of the BFGS step's L2 penalty: 0 | the logistic weights
-DEFAULT_DICE_ANCHOR = "zero"         # the paper's
 PENALTIES = {"zero": "lambda*|W|^2", "logistic": "lambda*|W - W_logistic|^2"}  # each anchor's penalty, as reported
+DICE_ANCHORS = tuple(PENALTIES)      # centre of the BFGS step's L2 penalty: 0 | the logistic weights
+DEFAULT_DICE_ANCHOR = "zero"         # the paper's
 CHOICES = {"dice_average": DICE_AVERAGES, "dice_anchor": DICE_ANCHORS}  # the solver's named options
 DICE_EPS = 1e-6                      # smoothing of the soft Dice: (2·inter + ε) / (union + ε)
 
