@@ -19,7 +19,7 @@ from cellseg_tf.data.manifest import write_manifest  # noqa: E402
 from cellseg_tf.data.synthetic import make_dataset  # noqa: E402
 from cellseg_tf.fewshot import AdaptConfig, adapt, feature_tensor, head_weights, report_path  # noqa: E402
 from cellseg_tf.fewshot import solver  # noqa: E402
-from cellseg_tf.fewshot.adapt import DEFAULT_FILTER_SIGMAS  # noqa: E402
+from cellseg_tf.fewshot.adapt import DEFAULT_FILTER_SIGMAS, default_filter_sigmas  # noqa: E402
 from cellseg_tf.fewshot.support import (TileGrid, default_max_tiles, draw_support, gather_features,  # noqa: E402
                                        sample_pixels)
 from cellseg_tf.models import build_model, target_kind  # noqa: E402
@@ -308,6 +308,18 @@ def test_adaptation_with_image_filters_adds_their_features_and_round_trips(fs, t
     assert not (tmp_path / "big.keras").exists() and not (tmp_path / "neg.keras").exists()
 
 
+def test_default_image_filters_are_the_package_scales_that_fit_the_feature_tile(fs, tmp_path):
+    largest = max(DEFAULT_FILTER_SIGMAS)                   # 16: kernel radius 48 px
+    assert default_filter_sigmas(128) == list(DEFAULT_FILTER_SIGMAS)
+    assert largest not in default_filter_sigmas(48) and default_filter_sigmas(48) == list(DEFAULT_FILTER_SIGMAS[:-1])
+    result = adapt(_config(fs, tmp_path / "default.keras", shots=2), save=False)    # the fixture's tiles: 48 px
+    assert result.report["image_filters"]["sigmas"] == default_filter_sigmas(48)
+    assert result.report["config"]["filter_sigmas"] is None
+    with pytest.raises(ValueError, match=f"filter sigma {largest:g} is too large for 48-px feature tiles"):
+        adapt(_config(fs, tmp_path / "given.keras", filter_sigmas=list(DEFAULT_FILTER_SIGMAS)))   # given: must fit
+    assert not (tmp_path / "given.keras").exists()
+
+
 def test_adaptation_with_feature_levels_reads_the_coarser_maps_and_round_trips(fs, tmp_path):
     out = tmp_path / "levels.keras"
     result = adapt(_config(fs, out, feature_levels=2, filter_sigmas=[]))
@@ -351,7 +363,7 @@ def test_adapted_model_round_trips_and_holds_the_solvers_weights(fs, tmp_path):
 
     report = yaml.safe_load(report_path(out).read_text())
     assert report == result.report and report["shots"] == 3 and report["train_rows_available"] == 4
-    assert report["sampled"]["features"] == 4 + 5 + 1 + 5 * len(DEFAULT_FILTER_SIGMAS)   # + the image filters
+    assert report["sampled"]["features"] == 4 + 5 + 1 + 5 * len(default_filter_sigmas(48))   # + the image filters
     assert report["seconds"]["total"] > 0
     assert report["lambda"] in solver.DEFAULT_LAMBDAS
     assert report["support_dice"]["bfgs"] >= report["support_dice"]["logistic"]
@@ -400,7 +412,7 @@ def test_cli_adapt_then_predict_and_evaluate_unchanged(fs, tmp_path, capsys):
     assert f"adapted={out}" in printed and "support_dice_bfgs=" in printed
     assert report_path(out).is_file()
     report = yaml.safe_load(report_path(out).read_text())
-    assert report["image_filters"]["sigmas"] == list(DEFAULT_FILTER_SIGMAS) and report["dice_average"] == "image"
+    assert report["image_filters"]["sigmas"] == default_filter_sigmas(48) and report["dice_average"] == "image"
     assert report["dice_anchor"] == "zero"
     assert report["config"]["feature_levels"] == 1
     filtered = tmp_path / "new" / "filtered.keras"

@@ -31,8 +31,14 @@ from .solver import (BFGS_GTOL, DEFAULT_DICE_ANCHOR, DEFAULT_DICE_AVERAGE, DEFAU
 from .support import default_max_tiles, draw_support, load_support, sample_support, tile_size
 
 DEFAULT_MAX_PIXELS = 40_000
-DEFAULT_FILTER_SIGMAS = (1.0, 2.0, 4.0, 8.0)    # image filter scales, chosen on validation rows (docs/FEWSHOT.md)
+DEFAULT_FILTER_SIGMAS = (1.0, 2.0, 4.0, 8.0, 16.0)   # image filter scales, chosen on validation rows (docs/FEWSHOT.md)
 DEFAULT_FEATURE_LEVELS = 1                       # the extractors' last block only (the paper's features)
+
+
+def default_filter_sigmas(tile: int) -> list[float]:
+    """The package's image filter scales whose kernels fit a `tile`-px feature tile (radius ceil(3σ) < tile):
+    σ = 16 needs tiles over 48 px, so small tiles use σ ≤ 8."""
+    return [s for s in DEFAULT_FILTER_SIGMAS if filter_radius(s) < tile]
 
 
 @dataclass
@@ -47,7 +53,8 @@ class AdaptConfig:
     norm_low / norm_high: normalisation percentiles (None: the extractors' own, see `normalization`).
     tile_size: feature tile side for extractors that accept any size (None: automatic, see `support.tile_size`).
     filter_sigmas: scales (px) of the image's own Gaussian-derivative filter responses added to the extractors'
-    features (`models.layers.ImageFilters`); empty: extractor features only.
+    features (`models.layers.ImageFilters`); empty: extractor features only; None: the package's scales that fit
+    the feature tile (`default_filter_sigmas`). Given scales must all fit it.
     feature_levels: map levels per extractor: 1 = the features of its last block (the input of its final 1×1
     classifier); n > 1 adds its maps of the next n − 1 coarser strides (2, 4, ...: a U-Net's decoder blocks)
     upsampled to full resolution (`extractors.coarser_maps`, hypercolumns after Hariharan 2015; an MSD has none).
@@ -70,7 +77,7 @@ class AdaptConfig:
     norm_low: float | None = None
     norm_high: float | None = None
     tile_size: int | None = None
-    filter_sigmas: list[float] = field(default_factory=lambda: list(DEFAULT_FILTER_SIGMAS))
+    filter_sigmas: list[float] | None = None
     feature_levels: int = DEFAULT_FEATURE_LEVELS
     dice_average: str = DEFAULT_DICE_AVERAGE
     dice_anchor: str = DEFAULT_DICE_ANCHOR
@@ -148,7 +155,10 @@ def adapt(config: AdaptConfig, *, save: bool = True) -> AdaptResult:
     samples, available = draw_support(config.support, config.shots, config.seed)
     pairs = load_support(samples, int(input_shape[2]), low, high, config.mask_threshold)
     tile = tile_size(input_shape, [p.image for p in pairs], config.tile_size)
-    sigmas = [float(v) for v in config.filter_sigmas]
+    if config.filter_sigmas is None:
+        sigmas = default_filter_sigmas(tile)
+    else:
+        sigmas = [float(v) for v in config.filter_sigmas]
     if sigmas and filter_radius(max(sigmas)) >= tile:
         raise ValueError(f"filter sigma {max(sigmas):g} is too large for {tile}-px feature tiles (needs "
                          f"ceil({FILTER_TRUNCATE:g}·sigma) < tile); use smaller --filter-sigmas or a larger "
