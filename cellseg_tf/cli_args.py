@@ -184,8 +184,8 @@ def build_parser(handlers: Mapping[str, Callable[[argparse.Namespace], int]] | N
     p.add_argument("--mask-threshold", type=float, default=0, help="mask pixel > this is foreground")
     p.add_argument("--filter-sigmas", type=float_list, default=None, metavar="S1,S2,...",
                    help="also use the image's Gaussian-derivative filter responses at these scales in px "
-                        "(e.g. 1,2,4,8); 'none' = extractor features only (default: the package's, 1,2,4,8,16, "
-                        "those whose kernels fit the feature tile)")
+                        "(e.g. 1,2,4,8); 'none' = extractor features only (default: the package's scales whose "
+                        "kernels fit the feature tile)")
     p.add_argument("--feature-levels", type=int, default=None, metavar="N",
                    help="map levels per extractor: 1 = its last block's features; N > 1 adds its N-1 next coarser "
                         "maps (a U-Net's decoder blocks) upsampled to full resolution (default: the package's)")
